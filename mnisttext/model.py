@@ -1,0 +1,258 @@
+"""GPT-2 style decoder over the character tokens, with an explicit KV cache.
+
+    from mnisttext.model import GPT, GPTConfig, PRESETS
+    model = GPT(GPTConfig(**PRESETS["seed"]))
+    logits, loss = model(idx, targets)                     # training
+    cache = model.new_cache(batch_size=64)                 # generation: see sample.py
+    logits, _ = model(idx[:, :1], kv_cache=cache)          # prefill, then one token at a time
+
+A GRU (the original pixel-RNN's architecture) sits behind the same interface: its "cache" is its
+hidden state. `build_model(config)` picks the class from `config.arch`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    arch: str = "gpt"          # "gpt" or "gru"
+    vocab_size: int = 76
+    block_size: int = 152      # class digit + 150 symbols + ')'
+    n_layer: int = 8
+    n_head: int = 8
+    n_embd: int = 256
+    dropout: float = 0.1
+    bias: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    # the original project's model
+    "seed": dict(n_layer=8, n_head=8, n_embd=256, dropout=0.1),
+    # the default recipe's model for short CPU runs: a smaller net sees more images per minute
+    "small": dict(n_layer=4, n_head=4, n_embd=256, dropout=0.0),
+    "flagship": dict(n_layer=8, n_head=8, n_embd=256, dropout=0.1),
+    "gru": dict(arch="gru", n_layer=2, n_embd=512, dropout=0.0),
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, dropout=0.0),   # tests
+}
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far.
+
+    k, v: (n_layer, B, nh, block_size, hs), filled up to `pos`. Preallocated so that each decode
+    step writes one slice instead of concatenating."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def expand(self, n: int) -> "KVCache":
+        """A cache of batch n from one of batch 1 (the prefilled class prefix)."""
+        assert self.batch_size == 1, "expand a cache of batch 1"
+        new = object.__new__(KVCache)
+        new.k = self.k.expand(-1, n, -1, -1, -1).contiguous()
+        new.v = self.v.expand(-1, n, -1, -1, -1).contiguous()
+        new.pos = self.pos
+        return new
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the given batch rows (e.g. after dropping finished candidates)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)                 # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)                 # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)                 # (B, nh, T, hs)
+        p = 0
+        if cache is not None:
+            p = cache.pos
+            cache.k[layer, :, :, p:p + T] = k
+            cache.v[layer, :, :, p:p + T] = v
+            k = cache.k[layer, :, :, :p + T]                     # (B, nh, p+T, hs)
+            v = cache.v[layer, :, :, :p + T]                     # (B, nh, p+T, hs)
+        drop = self.dropout if self.training else 0.0
+        if p == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=T > 1)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:   # a chunk after a prefix: query i sees keys up to p + i
+            mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)          # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight      # weight tying, as GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():                # GPT-2's scaled residual init
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        p = next(self.parameters())
+        return KVCache(self.config, batch_size, device or p.device, dtype or p.dtype)
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+        """idx (B, T) token ids -> logits (B, T, V); loss = mean CE over targets if given.
+
+        With kv_cache, idx holds the next T tokens after the cache's `pos` ones; the cache is
+        advanced by T."""
+        B, T = idx.shape
+        p0 = kv_cache.pos if kv_cache is not None else 0
+        assert p0 + T <= self.config.block_size, f"sequence {p0 + T} > block {self.config.block_size}"
+        pos = torch.arange(p0, p0 + T, device=idx.device)        # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)   # (B, T, C)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        logits = self.lm_head(self.transformer.ln_f(x))          # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+
+class GRUCache:
+    """The GRU's 'cache': its hidden state after the tokens seen so far."""
+
+    def __init__(self, h: torch.Tensor | None, pos: int = 0):
+        self.h, self.pos = h, pos
+
+    @property
+    def batch_size(self) -> int:
+        return self.h.shape[1]
+
+    def expand(self, n: int) -> "GRUCache":
+        return GRUCache(self.h.expand(-1, n, -1).contiguous(), self.pos)
+
+    def select(self, rows):
+        self.h = self.h[:, rows]
+
+
+class GRU(nn.Module):
+    """Stacked GRU language model with the GPT's interface (the pixel-RNN baseline)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.rnn = nn.GRU(config.n_embd, config.n_embd, num_layers=config.n_layer,
+                          dropout=config.dropout if config.n_layer > 1 else 0.0, batch_first=True)
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int, device=None, dtype=None) -> GRUCache:
+        return GRUCache(None)
+
+    def forward(self, idx, targets=None, kv_cache: GRUCache | None = None):
+        B, T = idx.shape
+        h0 = kv_cache.h if kv_cache is not None else None
+        x, h = self.rnn(self.wte(idx), h0)                       # (B, T, C), (L, B, C)
+        if kv_cache is not None:
+            kv_cache.h, kv_cache.pos = h, kv_cache.pos + T
+        logits = self.lm_head(self.ln_f(x))                      # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+
+def build_model(config: GPTConfig) -> nn.Module:
+    if config.arch == "gpt":
+        return GPT(config)
+    if config.arch == "gru":
+        return GRU(config)
+    raise ValueError(f"unknown arch {config.arch!r} (gpt or gru)")

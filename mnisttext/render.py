@@ -1,0 +1,81 @@
+"""Pictures: decoded lines -> PNG files and grids, training curves, generation GIFs.
+
+    python cli.py decode corpus/test.txt --grid --out sample_img/test_grid.png
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def levels_to_tensor(levels: np.ndarray, bpp: int = 1) -> torch.Tensor:
+    """(N, 30, 30) levels -> (N, 1, 30, 30) float in [0, 1] for torchvision."""
+    top = (1 << bpp) - 1
+    return torch.from_numpy(np.asarray(levels, dtype=np.float32) / top)[:, None]
+
+
+def upscale(t: torch.Tensor, scale: int) -> torch.Tensor:
+    return t.repeat_interleave(scale, -1).repeat_interleave(scale, -2) if scale > 1 else t
+
+
+def save_images(levels: np.ndarray, paths, bpp: int = 1, scale: int = 1) -> None:
+    from torchvision.utils import save_image
+    t = upscale(levels_to_tensor(levels, bpp), scale)
+    for img, p in zip(t, paths):
+        save_image(img, str(p))
+
+
+def grid_tensor(levels: np.ndarray, bpp: int = 1, cols: int = 8, scale: int = 2,
+                padding: int = 2, pad_value: float = 0.5) -> torch.Tensor:
+    from torchvision.utils import make_grid
+    t = upscale(levels_to_tensor(levels, bpp), scale)
+    return make_grid(t, nrow=cols, padding=padding, pad_value=pad_value)
+
+
+def save_grid(levels: np.ndarray, path, bpp: int = 1, cols: int = 8, scale: int = 2,
+              marks: np.ndarray | None = None) -> None:
+    """One grid image. `marks` (N,) bool: draw those cells with a green frame (kept candidates)."""
+    from torchvision.utils import save_image
+    t = upscale(levels_to_tensor(levels, bpp), scale).repeat(1, 3, 1, 1)
+    if marks is not None:
+        t = torch.nn.functional.pad(t, (2, 2, 2, 2), value=0.0)
+        frame = torch.zeros_like(t, dtype=torch.bool)
+        frame[..., :2, :] = frame[..., -2:, :] = frame[..., :, :2] = frame[..., :, -2:] = True
+        green = torch.tensor([0.1, 0.8, 0.2])[:, None, None].expand_as(t[0])
+        for i in np.flatnonzero(marks):
+            t[i] = torch.where(frame[i], green, t[i])
+    from torchvision.utils import make_grid
+    save_image(make_grid(t, nrow=cols, padding=2, pad_value=0.5), str(path))
+
+
+def read_metrics(path) -> list[dict]:
+    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+
+
+def plot_training(metrics_paths, out_png, labels=None, minutes: bool = True) -> None:
+    """Loss and test NLL against training minutes, one line per run."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for i, p in enumerate(metrics_paths):
+        recs = read_metrics(p)
+        name = labels[i] if labels else Path(p).parent.name
+        tr = [r for r in recs if "nats_per_image" in r]
+        ev = [r for r in recs if "test_nll_subset" in r or r.get("final")]
+        x = lambda r: r["train_seconds"] / 60 if minutes else r["step"]
+        ax[0].plot([x(r) for r in tr], [r["nats_per_image"] for r in tr], label=name, alpha=0.8)
+        ax[1].plot([x(r) for r in ev], [r.get("test_nll_nats", r.get("test_nll_subset")) for r in ev],
+                   marker="o", label=name)
+    for a, t in zip(ax, ["training loss (nats / image)", "test NLL (nats / image)"]):
+        a.set_xlabel("training minutes" if minutes else "step")
+        a.set_title(t)
+        a.grid(alpha=0.3)
+        a.legend()
+        a.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,386 @@
+"""Train the character model on corpus/.
+
+    python cli.py train --out runs/default                      # the default recipe
+    python cli.py train --recipe seed --out runs/seed            # the original project's recipe
+    python cli.py train --out runs/default --resume              # continue after a kill
+    torchrun --nproc_per_node 2 cli.py train --out runs/ddp      # DistributedDataParallel
+
+A run directory holds args.json, metrics.jsonl, loss.png, and the checkpoints last/ and best/
+(best = lowest test NLL). The data order is a function of (seed, epoch) and the learning rate a
+function of the step (or, with --minutes, of training seconds), so --resume continues exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import checkpoint, data, evaluate
+from . import tokenizer as tk
+from .model import PRESETS, GPTConfig, build_model
+
+RECIPES = {
+    # the original project: 10k images, one epoch, Adam 1e-4 constant, batch 128, its 8x256 model
+    "seed": dict(preset="seed", train_limit=10_000, epochs=1.0, optimizer="adam", lr=1e-4,
+                 schedule="constant", warmup_steps=0, batch_size=128, weight_decay=0.0,
+                 grad_clip=0.0),
+    # short runs on a laptop CPU: a smaller model, a high learning rate, warmup + cosine
+    "default": dict(preset="small", train_limit=None, epochs=1.0, optimizer="adamw", lr=3e-3,
+                    schedule="cosine", warmup_steps=60, batch_size=64, weight_decay=0.1,
+                    grad_clip=1.0),
+    # the shipped model: many epochs of the seed-size net with dropout
+    "flagship": dict(preset="flagship", train_limit=None, epochs=12.0, optimizer="adamw",
+                     lr=2e-3, schedule="cosine", warmup_steps=200, batch_size=64,
+                     weight_decay=0.1, grad_clip=1.0),
+}
+MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_embd", "dropout")
+
+
+def add_args(p):
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                   help="preset of everything below; explicit flags override it")
+    p.add_argument("--corpus", default="corpus", help="directory with train.txt and test.txt")
+    p.add_argument("--out", default="runs/default", help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="model size preset")
+    p.add_argument("--arch", choices=["gpt", "gru"], help="model family")
+    p.add_argument("--n-layer", type=int, help="layers")
+    p.add_argument("--n-head", type=int, help="attention heads")
+    p.add_argument("--n-embd", type=int, help="model width")
+    p.add_argument("--dropout", type=float, help="dropout probability")
+    p.add_argument("--train-limit", type=int, help="use only the first N training lines")
+    p.add_argument("--epochs", type=float, help="passes over the training lines")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--minutes", type=float,
+                   help="training wall-clock budget; the LR schedule follows time, not steps")
+    p.add_argument("--optimizer", choices=["adam", "adamw"], help="optimizer")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--min-lr-frac", type=float, default=0.05, help="final LR / peak LR (cosine)")
+    p.add_argument("--schedule", choices=["constant", "cosine"], help="LR schedule after warmup")
+    p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
+    p.add_argument("--batch-size", type=int, help="global batch size (lines)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
+    p.add_argument("--grad-clip", type=float, help="clip grad norm (0 = off)")
+    p.add_argument("--eval-every", type=float, default=60.0,
+                   help="evaluate every N training seconds (0 = only at the end)")
+    p.add_argument("--eval-images", type=int, default=2000,
+                   help="test lines used for the periodic NLL (the final one uses all)")
+    p.add_argument("--log-every", type=int, default=10, help="log every N steps")
+    p.add_argument("--save-every", type=float, default=120.0,
+                   help="write last/ every N training seconds (and at every eval)")
+    p.add_argument("--seed", type=int, default=1337, help="seed for init, data order, dropout")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="autocast dtype; auto = bf16 where the hardware has it")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    return p
+
+
+def resolve_args(args) -> dict:
+    """Recipe defaults filled in under explicit flags -> plain dict (saved as args.json)."""
+    cfg = dict(RECIPES[args.recipe])
+    for k, v in vars(args).items():
+        if callable(v) or k == "command":
+            continue
+        if v is not None or k not in cfg:
+            cfg[k] = v
+    return cfg
+
+
+def model_config(cfg: dict, vocab_size: int) -> GPTConfig:
+    base = dict(PRESETS[cfg["preset"]])
+    for k in MODEL_FLAGS:
+        if cfg.get(k) is not None:
+            base[k] = cfg[k]
+    return GPTConfig(vocab_size=vocab_size, **base)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(cfg: dict, step: int, progress: float) -> float:
+    """progress in [0, 1]: share of the step or time budget spent."""
+    peak = cfg["lr"]
+    if step < cfg["warmup_steps"]:
+        return peak * (step + 1) / cfg["warmup_steps"]
+    if cfg["schedule"] == "constant":
+        return peak
+    lo = peak * cfg["min_lr_frac"]
+    return lo + 0.5 * (peak - lo) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model, cfg):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.95))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+@dataclass
+class State:
+    step: int = 0
+    train_seconds: float = 0.0
+    best_nll: float = float("inf")
+    last_eval_at: float = 0.0
+    tokens: int = 0
+    history: list = field(default_factory=list)
+
+
+def optimizer_tensors(opt) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for name, v in tensors.items():
+        if name.startswith("opt."):
+            _, pid, k = name.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_run_checkpoint(path, model, config, tok, opt=None, state: State | None = None,
+                        cfg: dict | None = None) -> None:
+    tensors = {"model.safetensors": checkpoint.model_tensors(model)}
+    jsons: dict = {"config.json": config.to_dict()}
+    if opt is not None and state is not None:
+        otens, ometa = optimizer_tensors(opt)
+        otens["rng.torch"] = torch.get_rng_state()
+        tensors["state.safetensors"] = otens
+        jsons["state.json"] = {"state": state.__dict__, "optimizer": ometa, "args": cfg}
+    checkpoint.write_dir(path, tensors, jsons, {"tokenizer.json": tok.to_str(pretty=True)})
+
+
+def load_run_state(path, model, opt):
+    d = checkpoint.resolve(path)
+    tensors = checkpoint.read_tensors(d / "model.safetensors")
+    checkpoint.load_state_dict(model, checkpoint.tie_restore(model, tensors), d / "model.safetensors")
+    meta = checkpoint.read_json(d / "state.json")
+    stens = checkpoint.read_tensors(d / "state.safetensors")
+    try:
+        restore_optimizer(opt, stens, meta["optimizer"])
+        torch.set_rng_state(stens["rng.torch"])
+        return State(**meta["state"]), meta.get("args")
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise checkpoint.CheckpointError(f"{d}: trainer state does not fit this run ({e})") from None
+
+
+class NullReporter:
+    """What train() tells the outside world; the CLI passes a rich one (progress.py)."""
+
+    def start(self, total_steps, total_seconds, cfg): pass
+    def step(self, state, loss, lr, tok_per_s): pass
+    def eval(self, state, nll): pass
+    def message(self, text): print(text, flush=True)
+    def stop(self): pass
+
+
+def train(cfg: dict, reporter=None) -> dict:
+    """Run training as configured by resolve_args(); returns the final metrics."""
+    reporter = reporter or NullReporter()
+    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    device = pick_device(cfg["device"])
+    if ddp:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    else:
+        rank, world = 0, 1
+    master = rank == 0
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    out = Path(cfg["out"])
+
+    tok = tk.build()
+    train_tokens = torch.from_numpy(data.load_split(cfg["corpus"], "train", tok, cfg["train_limit"]))
+    test_tokens = torch.from_numpy(data.load_split(cfg["corpus"], "test", tok))
+    config = model_config(cfg, tok.get_vocab_size())
+    if config.block_size < train_tokens.shape[1]:
+        config.block_size = train_tokens.shape[1]
+
+    torch.manual_seed(cfg["seed"])
+    model = build_model(config).to(device)
+    opt = make_optimizer(model, cfg)
+    state = State()
+    if cfg["resume"] and (out / "last").exists() or (out / "last.old").exists() and cfg["resume"]:
+        state, saved = load_run_state(out / "last", model, opt)
+        if saved:   # the schedule must be the one the run started with
+            for k in ("lr", "batch_size", "epochs", "max_steps", "minutes", "schedule",
+                      "warmup_steps", "seed", "train_limit"):
+                if cfg.get(k) != saved.get(k):
+                    reporter.message(f"resume: keeping {k}={saved.get(k)!r} from the run "
+                                     f"(asked {cfg.get(k)!r})")
+                    cfg[k] = saved.get(k)
+        reporter.message(f"resumed {out / 'last'} at step {state.step}")
+    elif cfg["resume"]:
+        reporter.message(f"no checkpoint in {out}/last: starting fresh")
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        tok.save(str(out / "tokenizer.json"))
+
+    fwd_model = model
+    if cfg["compile"]:
+        fwd_model = torch.compile(model)
+    if ddp:
+        fwd_model = torch.nn.parallel.DistributedDataParallel(
+            fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    n = len(train_tokens)
+    B = cfg["batch_size"]
+    if B % world:
+        raise ValueError(f"batch size {B} is not divisible by {world} processes")
+    steps_per_epoch = n // B
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {B} is larger than the {n} training lines")
+    total_steps = cfg["max_steps"] or max(1, int(round(cfg["epochs"] * steps_per_epoch)))
+    budget = (cfg["minutes"] or 0) * 60.0
+    eval_subset = test_tokens[:cfg["eval_images"]]
+    metrics_path = out / "metrics.jsonl"
+
+    def log(rec):
+        if master:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def evaluate_now(tokens):
+        model.eval()
+        shard = tokens[rank::world]
+        nll = evaluate.nll_per_image(model, shard, device=device, dtype=cfg["dtype"])
+        total = torch.tensor([nll.sum(), len(nll)], dtype=torch.float64)
+        if ddp:
+            dist.all_reduce(total)
+        model.train()
+        return float(total[0] / total[1])
+
+    def save(with_best=False, nll=None):
+        if not master:
+            return
+        save_run_checkpoint(out / "last", model, config, tok, opt, state, cfg)
+        if with_best:
+            save_run_checkpoint(out / "best", model, config, tok)
+            (out / "best" / "metrics.json").write_text(json.dumps(
+                {"test_nll_nats": nll, "step": state.step, "train_seconds": state.train_seconds}))
+
+    def progress():
+        p = state.step / total_steps
+        return max(p, state.train_seconds / budget) if budget else p
+
+    def done():
+        return state.step >= total_steps or (budget and state.train_seconds >= budget)
+
+    if master:
+        reporter.start(total_steps, budget, cfg)
+        reporter.message(f"{config.arch} {config.n_layer}x{config.n_embd}, "
+                         f"{model.num_params() / 1e6:.2f}M params, {n} train lines, "
+                         f"{total_steps} steps, device {device}, world {world}")
+    model.train()
+    last_save = state.train_seconds
+    t_log, tokens_log = time.perf_counter(), 0
+    while not done():
+        t0 = time.perf_counter()
+        epoch, k = divmod(state.step, steps_per_epoch)
+        idx = epoch_order(cfg["seed"], epoch, n)[k * B:(k + 1) * B][rank::world]
+        batch = train_tokens[idx].to(device, torch.long, non_blocking=True)
+        lr = lr_at(cfg, state.step, progress())
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with evaluate.autocast(device, cfg["dtype"]):
+            _, loss = fwd_model(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        if cfg["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        state.step += 1
+        dt = time.perf_counter() - t0
+        state.train_seconds += dt
+        ntok = batch.shape[0] * (batch.shape[1] - 1) * world
+        state.tokens += ntok
+        tokens_log += ntok
+        if master and (state.step % cfg["log_every"] == 0 or state.step == 1):
+            l = loss.item()
+            tps = tokens_log / (time.perf_counter() - t_log)
+            t_log, tokens_log = time.perf_counter(), 0
+            reporter.step(state, l, lr, tps)
+            log({"step": state.step, "epoch": state.step / steps_per_epoch, "loss": l,
+                 "nats_per_image": l * (batch.shape[1] - 1), "lr": lr, "tok_per_s": tps,
+                 "train_seconds": state.train_seconds})
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
+        due_eval = cfg["eval_every"] and state.train_seconds - state.last_eval_at >= cfg["eval_every"]
+        if due_eval and not done():
+            state.last_eval_at = state.train_seconds
+            nll = evaluate_now(eval_subset)
+            better = nll < state.best_nll
+            state.best_nll = min(nll, state.best_nll)
+            state.history.append([state.step, state.train_seconds, nll])
+            log({"step": state.step, "train_seconds": state.train_seconds,
+                 "test_nll_subset": nll, "eval_images": len(eval_subset)})
+            if master:
+                reporter.eval(state, nll)
+            save(with_best=better, nll=nll)
+            last_save = state.train_seconds
+        elif state.train_seconds - last_save >= cfg["save_every"]:
+            save()
+            last_save = state.train_seconds
+
+    nll_full = evaluate_now(test_tokens)
+    state.history.append([state.step, state.train_seconds, nll_full])
+    result = {"step": state.step, "train_seconds": state.train_seconds, "tokens": state.tokens,
+              "test_nll_nats": nll_full,
+              "test_bits_per_pixel": evaluate.nats_to_bits_per_pixel(nll_full),
+              "eval_images": len(test_tokens)}
+    log(dict(result, final=True))
+    better = nll_full <= state.best_nll
+    state.best_nll = min(state.best_nll, nll_full)
+    save(with_best=better, nll=nll_full)
+    if master:
+        reporter.eval(state, nll_full)
+        reporter.stop()
+        try:
+            from .render import plot_training
+            plot_training([metrics_path], out / "loss.png")
+        except Exception as e:   # a missing plot must never cost a trained model
+            reporter.message(f"loss plot skipped: {e}")
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result

@@ -1,0 +1,26 @@
+"""Shared fixtures: the repository root, the committed corpus, and ../shared/data when present."""
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CORPUS = ROOT / "corpus"
+
+REFERENCE_LINES = [
+    "5:::::::::::::::::::::::::::::::::q:::yy::AyZ::AyZ::<rZ:::j::::r::::R::::H::::A::::=j::::r::::r:::=r:::Ir:::YZ::;x:::Ir:::yj::;y:::::::::::::::::::::::)",
+    "0:::::::::::::::::::::::j:::=r:::Ar:::Iv:::Yx:::yp::;w`::;rA::=jA::A:A::H:A::H:A::V:A::V:@::V:H::R:R::R;j::V=j::Yy:::Yv:::Ir:::=Z::::::::::::::::::::::)",
+    "4:::::::::::::::::::::::::::::::::=::::=:;::<:=::@:=::@:=::H:=::H:=::F:=::v:=:Yv:=yvR:;x:R::::R::::r::::r::::r::::r::::r::::r::::R::::R::::::::::::::::)",
+]
+
+
+def needs_mnist():
+    """Skip (with the reason) where the MNIST IDX files are not beside the repository."""
+    raw = SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    return pytest.mark.skipif(not raw.exists(),
+                              reason=f"MNIST IDX files not found at {raw.parent} (CI has them)")
+
+
+@pytest.fixture(scope="session")
+def test_lines():
+    return (CORPUS / "test.txt").read_text().splitlines()

@@ -1,0 +1,115 @@
+"""Export (byte-identical corpus), the tokenizer, and the decode/export command lines."""
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mnisttext import cli, codec, data
+from mnisttext import tokenizer as tk
+from conftest import CORPUS, REFERENCE_LINES, ROOT, SHARED_DATA, needs_mnist
+
+
+def test_committed_corpus_matches_its_sums():
+    sums = data.read_sums(CORPUS)
+    assert set(sums) == {"train.txt", "test.txt"}
+    for name, h in sums.items():
+        assert hashlib.sha256((CORPUS / name).read_bytes()).hexdigest() == h
+
+
+@needs_mnist()
+def test_export_reproduces_the_committed_corpus(tmp_path):
+    rc = cli.main(["export", "--data-root", str(SHARED_DATA), "--out", str(tmp_path)])
+    assert rc == 0
+    assert data.read_sums(tmp_path) == data.read_sums(CORPUS)
+    lines = (tmp_path / "train.txt").read_text().splitlines()
+    assert len(lines) == 60_000 and lines[0] == REFERENCE_LINES[0]
+    assert len((tmp_path / "test.txt").read_text().splitlines()) == 10_000
+
+
+def test_export_without_data_says_where_to_put_it(tmp_path, capsys):
+    rc = cli.main(["export", "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and "MNIST/raw" in err
+
+
+def test_tokenizer_identity_on_every_corpus_line():
+    tok = tk.build()
+    assert tk.is_character_tokenizer(tok) and tok.get_vocab_size() == 76
+    for split in ("train", "test"):
+        lines = (CORPUS / f"{split}.txt").read_text().splitlines()
+        ids = tk.encode_lines(tok, lines)
+        assert all(len(i) == 152 for i in ids)
+        assert tok.decode_batch(ids) == lines
+
+
+def test_tokenizer_ids_and_file_round_trip(tmp_path):
+    tok = tk.build()
+    ids = tok.encode(REFERENCE_LINES[0]).ids
+    assert ids[0] == 5 and ids[-1] == tk.END_ID
+    assert all(tk.SYMBOL_OFFSET <= i < tk.END_ID for i in ids[1:-1])
+    body = np.array(ids[1:-1]) - tk.SYMBOL_OFFSET
+    want = np.frombuffer(REFERENCE_LINES[0][1:-1].encode(), np.uint8) - codec.ALPHABET_START
+    np.testing.assert_array_equal(body, want)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    again = tk.load(tmp_path / "tokenizer.json")
+    assert again.encode(REFERENCE_LINES[1]).ids == tok.encode(REFERENCE_LINES[1]).ids
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(ValueError, match="bad.json"):
+        tk.load(tmp_path / "bad.json")
+
+
+def test_load_split_names_the_bad_line(tmp_path):
+    good = REFERENCE_LINES[0]
+    (tmp_path / "train.txt").write_text(f"{good}\n{good[:-1]}z\n")
+    with pytest.raises(data.DataError, match="train.txt:2: position 151"):
+        data.load_split(tmp_path, "train", tk.build())
+
+
+def test_decode_cli_writes_good_lines_and_reports_bad(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join([REFERENCE_LINES[0], "garbage", REFERENCE_LINES[1], "",
+                              REFERENCE_LINES[2][:-1] + "z"]) + "\n")
+    rc = cli.main(["decode", str(src), "--out", str(tmp_path / "png")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "in.txt:2:" in err and "in.txt:4: empty" in err and "in.txt:5: position 151" in err
+    pngs = sorted(p.name for p in (tmp_path / "png").glob("*.png"))
+    assert pngs == ["00000_5.png", "00002_0.png"]
+
+
+def test_decode_cli_grid_from_arguments(tmp_path):
+    out = tmp_path / "grid.png"
+    rc = cli.main(["decode", *REFERENCE_LINES, "--grid", "--out", str(out), "--cols", "3",
+                   "--scale", "4"])
+    assert rc == 0
+    from PIL import Image
+    w, h = Image.open(out).size
+    assert (w, h) == (3 * 120 + 4 * 2, 120 + 2 * 2)
+
+
+def test_decode_cli_stdin_many_malformed_lines(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(3000):
+        chars = list(REFERENCE_LINES[i % 3])
+        if i % 2:
+            chars[rng.integers(0, 152)] = chr(rng.integers(11, 0x3000))
+        lines.append("".join(chars))
+    proc = subprocess.run([sys.executable, "cli.py", "decode", "-", "--grid", "--out",
+                           str(tmp_path / "g.png")], input="\n".join(lines).encode(),
+                          capture_output=True, cwd=ROOT)
+    bad = sum(1 for l in lines if not _ok(l))
+    assert proc.returncode == (2 if bad else 0)
+    assert proc.stderr.decode().count("<stdin>:") == bad
+    assert (tmp_path / "g.png").exists()
+
+
+def _ok(line):
+    try:
+        codec.check_line(line)
+        return True
+    except codec.CodecError:
+        return False
