@@ -116,6 +116,168 @@ def cmd_train(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# generate-and-rerank, completion
+
+DEFAULT_MODEL = "checkpoints/gpt"
+DEFAULT_CLASSIFIER = "checkpoints/classifier"
+
+
+def parse_digits(spec: str) -> list[int]:
+    """'3', '0-9', '1,4,7', '0-3,7' -> [digits], in order, without repeats."""
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(x) for x in part.split("-", 1))
+                rng = list(range(a, b + 1))
+                if not rng:
+                    raise ValueError
+            else:
+                rng = [int(part)]
+        except ValueError:
+            raise UsageError(f"--digits {spec!r}: {part!r} is not a digit or a range like 0-9") from None
+        for d in rng:
+            if not 0 <= d <= 9:
+                raise UsageError(f"--digits {spec!r}: {d} is not a digit 0-9")
+            if d not in out:
+                out.append(d)
+    return out
+
+
+def check_sampling_args(args) -> None:
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 0:
+        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available here")
+    return name
+
+
+def add_sampling_args(p, candidates_help="candidates per digit"):
+    p.add_argument("--checkpoint", default=DEFAULT_MODEL, help="character model directory")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely symbols")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="random seed (per digit: seed*100+digit)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="autocast dtype for the model")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute the whole prefix at every step (slow; for comparison)")
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+    from . import checkpoint, render, sample
+    from .classifier import load_classifier
+    from .progress import console
+    digits = parse_digits(args.digits)
+    check_sampling_args(args)
+    if args.candidates < 1:
+        raise UsageError(f"--candidates must be >= 1, got {args.candidates}")
+    if not 1 <= args.keep <= args.candidates:
+        raise UsageError(f"--keep must be in 1..{args.candidates} (the candidates), got {args.keep}")
+    device = resolve_device(args.device)
+    model, config, _ = checkpoint.load_model(args.checkpoint, device)
+    clf, _ = load_classifier(args.classifier, device)
+    bpp = (config.block_size - 2) // codec_n_symbols()
+    settings = sample.SampleSettings(args.temperature, args.top_k, args.top_p, not args.no_cache, bpp)
+    img_dir = Path(args.img_dir)
+    img_dir.mkdir(parents=True, exist_ok=True)
+    kept_lines, t_total = [], 0.0
+    for d in digits:
+        t0 = time.perf_counter()
+        gen = sample.make_generator(args.seed * 100 + d, device)
+        tokens = sample.generate(model, [d], args.candidates, gen, settings, device, args.dtype)
+        lines = sample.tokens_to_lines(tokens)
+        r = sample.rerank(d, lines, clf, args.keep, args.classifier_temperature, bpp)
+        dt = time.perf_counter() - t0
+        t_total += dt
+        best = [lines[i] for i in r.kept]
+        kept_lines += best
+        from .codec import decode_batch
+        if args.show_all:
+            marks = np.zeros(len(lines), dtype=bool)
+            marks[r.kept] = True
+            render.save_grid(decode_batch(lines, bpp)[1], img_dir / f"{d}.png", bpp,
+                             cols=args.cols, scale=args.scale, marks=marks)
+        else:
+            render.save_grid(decode_batch(best, bpp)[1], img_dir / f"{d}.png", bpp,
+                             cols=args.cols, scale=args.scale)
+        if args.gif:
+            render.save_generation_gif(best, img_dir / f"{d}.gif", bpp, cols=args.cols)
+        console.print(f"digit {d}: {args.candidates} candidates in {dt:.2f} s, kept {len(best)}, "
+                      f"p(digit) {r.scores[r.kept].min():.3f}..{r.scores[r.kept].max():.3f} "
+                      f"-> {img_dir / f'{d}.png'}")
+    text = "\n".join(kept_lines) + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        console.print(f"wrote {len(kept_lines)} lines to {args.out}")
+    else:
+        sys.stdout.write(text)
+    console.print(f"{len(digits)} digits in {t_total:.2f} s ({t_total / len(digits):.2f} s per digit)")
+    return 0
+
+
+def codec_n_symbols():
+    from .codec import n_symbols
+    return n_symbols(1)
+
+
+def cmd_complete(args) -> int:
+    import numpy as np
+    from . import checkpoint, codec, data, render, sample
+    from . import tokenizer as tk
+    from .progress import console
+    check_sampling_args(args)
+    device = resolve_device(args.device)
+    model, config, tok = checkpoint.load_model(args.checkpoint, device)
+    bpp = (config.block_size - 2) // codec.n_symbols(1)
+    if args.lines:
+        sources = args.lines
+    else:
+        test = data.read_lines(Path(args.corpus) / "test.txt")
+        idx = [int(i) for i in args.indices.split(",") if i.strip()]
+        bad = [i for i in idx if not 0 <= i < len(test)]
+        if bad:
+            raise UsageError(f"--indices: {bad[0]} is outside the test set (0..{len(test) - 1})")
+        sources = [test[i] for i in idx]
+    n_sym = codec.n_symbols(bpp)
+    per_row = codec.SIDE * bpp // codec.SYMBOL_BITS
+    keep = args.symbols if args.symbols is not None else args.rows * per_row
+    if not 0 <= keep < n_sym:
+        raise UsageError(f"keep {keep} symbols: must be in 0..{n_sym - 1}")
+    settings = sample.SampleSettings(args.temperature, args.top_k, args.top_p, not args.no_cache, bpp)
+    rows, out_lines = [], []
+    for j, line in enumerate(sources):
+        label, original = codec.decode(line, bpp)
+        prefix = tk.encode_lines(tok, [line[:1 + keep]])[0]
+        gen = sample.make_generator(args.seed * 100 + j, device)
+        tokens = sample.generate(model, prefix, args.samples, gen, settings, device, args.dtype)
+        lines = sample.tokens_to_lines(tokens)
+        out_lines += lines
+        given = codec.decode_partial(line[1:1 + keep], bpp)
+        rows.append((given, codec.decode_batch(lines, bpp)[1], original))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    render.save_completion_figure(rows, out, keep * codec.SYMBOL_BITS // bpp, bpp)
+    sys.stdout.write("\n".join(out_lines) + "\n")
+    console.print(f"wrote {out}: {len(rows)} inputs x {args.samples} completions, "
+                  f"{keep} of {n_sym} symbols given")
+    return 0
+
+# ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     from . import train
@@ -148,6 +310,36 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.add_args(t)
     t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="sample candidates per digit, keep the best by a CNN",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g.add_argument("--digits", default="0-9", help="digits: 3, 0-9, 1,4,7")
+    g.add_argument("--candidates", type=int, default=64, help="candidates sampled per digit")
+    g.add_argument("--keep", type=int, default=8, help="best distinct candidates kept")
+    g.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help="reranker directory")
+    g.add_argument("--classifier-temperature", type=float, default=0.8,
+                   help="the reranker's logits are divided by this")
+    add_sampling_args(g)
+    g.add_argument("--out", default=None, help="write the kept lines here (default: stdout)")
+    g.add_argument("--img-dir", default="sample_img", help="where <digit>.png (and .gif) go")
+    g.add_argument("--show-all", action="store_true",
+                   help="grid of all candidates with the kept ones framed")
+    g.add_argument("--gif", action="store_true", help="also write <digit>.gif filling in")
+    g.add_argument("--cols", type=int, default=8, help="grid columns")
+    g.add_argument("--scale", type=int, default=3, help="pixel upscaling in the grids")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("complete", help="complete partly given test digits (Image GPT style)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--indices", default="0,1,2,3", help="test-set line indices, comma separated")
+    c.add_argument("--lines", nargs="*", help="complete these lines instead of test lines")
+    c.add_argument("--corpus", default="corpus", help="directory with test.txt")
+    c.add_argument("--rows", type=int, default=15, help="pixel rows (of 30) given")
+    c.add_argument("--symbols", type=int, default=None, help="symbols given (overrides --rows)")
+    c.add_argument("--samples", type=int, default=6, help="completions per input")
+    add_sampling_args(c)
+    c.add_argument("--out", default="sample_img/completion.png", help="figure path")
+    c.set_defaults(func=cmd_complete)
     return p
 
 

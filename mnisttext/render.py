@@ -79,3 +79,56 @@ def plot_training(metrics_paths, out_png, labels=None, minutes: bool = True) -> 
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+
+
+TINT = (0.55, 0.75, 1.0)     # not-yet-generated pixels, as in the original MNIST-GPT
+
+
+def partial_frame(bodies: list[str], n_done: int, bpp: int = 1, cols: int = 8,
+                  scale: int = 4) -> np.ndarray:
+    """Grid of partially generated images as (H, W, 3) uint8: the first n_done symbols drawn,
+    the rest of the pixels tinted."""
+    from torchvision.utils import make_grid
+    from . import codec
+    levels = np.stack([codec.decode_partial(b[:n_done], bpp) for b in bodies])
+    img = levels_to_tensor(levels, bpp).repeat(1, 3, 1, 1)            # (N, 3, 30, 30)
+    done_px = n_done * codec.SYMBOL_BITS // bpp                        # pixels fully known
+    mask = torch.zeros(codec.PIXELS, dtype=torch.bool)
+    mask[done_px:] = True
+    mask = mask.view(1, 1, codec.SIDE, codec.SIDE).expand_as(img)
+    tint = torch.tensor(TINT)[None, :, None, None].expand_as(img)
+    img = torch.where(mask, tint, img)
+    grid = make_grid(upscale(img, scale), nrow=cols, padding=2, pad_value=1.0)
+    return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def save_generation_gif(lines: list[str], path, bpp: int = 1, cols: int = 8, scale: int = 4,
+                        every: int = 5, ms: int = 60) -> None:
+    """GIF of lines filling in symbol by symbol (one frame per `every` symbols = one pixel row
+    at 1 bit per pixel), holding the finished grid at the end."""
+    from PIL import Image
+    from . import codec
+    bodies = [l[1:-1] for l in lines]
+    n = codec.n_symbols(bpp)
+    steps = list(range(0, n, every)) + [n]
+    frames = [Image.fromarray(partial_frame(bodies, k, bpp, cols, scale)) for k in steps]
+    durations = [ms] * (len(frames) - 1) + [1500]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+
+
+def save_completion_figure(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path,
+                           n_known_px: int, bpp: int = 1, scale: int = 3) -> None:
+    """Image GPT's figure: each row is input (unknown part tinted) | completions | original."""
+    from torchvision.utils import make_grid, save_image
+    tiles = []
+    for given, completions, original in rows:
+        inp = levels_to_tensor(given[None], bpp).repeat(1, 3, 1, 1)
+        mask = torch.zeros(900, dtype=torch.bool)
+        mask[n_known_px:] = True
+        mask = mask.view(1, 1, 30, 30).expand_as(inp)
+        inp = torch.where(mask, torch.tensor(TINT)[None, :, None, None].expand_as(inp), inp)
+        tiles += [inp, levels_to_tensor(completions, bpp).repeat(1, 3, 1, 1),
+                  levels_to_tensor(original[None], bpp).repeat(1, 3, 1, 1)]
+    ncols = len(rows[0][1]) + 2
+    grid = make_grid(upscale(torch.cat(tiles), scale), nrow=ncols, padding=2, pad_value=0.5)
+    save_image(grid, str(path))

@@ -35,9 +35,9 @@ RECIPES = {
     "default": dict(preset="small", train_limit=None, epochs=1.0, optimizer="adamw", lr=3e-3,
                     schedule="cosine", warmup_steps=60, batch_size=64, weight_decay=0.1,
                     grad_clip=1.0),
-    # the shipped model: many epochs of the seed-size net with dropout
-    "flagship": dict(preset="flagship", train_limit=None, epochs=12.0, optimizer="adamw",
-                     lr=2e-3, schedule="cosine", warmup_steps=200, batch_size=64,
+    # the shipped model: a wider net for as long as the budget allows (use --minutes on a CPU)
+    "flagship": dict(preset="flagship", train_limit=None, epochs=10.0, optimizer="adamw",
+                     lr=1.5e-3, schedule="cosine", warmup_steps=200, batch_size=64,
                      weight_decay=0.1, grad_clip=1.0),
 }
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_embd", "dropout")
@@ -81,6 +81,9 @@ def add_args(p):
                    help="autocast dtype; auto = bf16 where the hardware has it")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="end this invocation after N steps with a checkpoint, as if killed "
+                        "(for resume tests)")
     return p
 
 
@@ -250,6 +253,11 @@ def train(cfg: dict, reporter=None) -> dict:
     elif cfg["resume"]:
         reporter.message(f"no checkpoint in {out}/last: starting fresh")
     if master:
+        import platform
+        cfg.setdefault("machine", {"platform": platform.platform(), "cpu": platform.processor(),
+                                   "cpus": os.cpu_count(), "torch": torch.__version__,
+                                   "device": str(device), "world": world,
+                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         out.mkdir(parents=True, exist_ok=True)
         (out / "args.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         tok.save(str(out / "tokenizer.json"))
@@ -312,7 +320,15 @@ def train(cfg: dict, reporter=None) -> dict:
     model.train()
     last_save = state.train_seconds
     t_log, tokens_log = time.perf_counter(), 0
+    steps_this_run = 0
     while not done():
+        if cfg.get("stop_after") and steps_this_run >= cfg["stop_after"]:
+            save()
+            reporter.message(f"stopped after {steps_this_run} steps (--stop-after)")
+            if ddp:
+                dist.destroy_process_group()
+            return {"step": state.step, "stopped": True}
+        steps_this_run += 1
         t0 = time.perf_counter()
         epoch, k = divmod(state.step, steps_per_epoch)
         idx = epoch_order(cfg["seed"], epoch, n)[k * B:(k + 1) * B][rank::world]
@@ -362,12 +378,20 @@ def train(cfg: dict, reporter=None) -> dict:
             save()
             last_save = state.train_seconds
 
+    if ddp:   # every rank must hold the same weights; say so in the metrics
+        flat = torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
+        sums = torch.tensor([flat.sum().item(), (flat * flat).sum().item()], dtype=torch.float64)
+        gathered = [torch.zeros_like(sums) for _ in range(world)]
+        dist.all_gather(gathered, sums)
+        identical = all(torch.equal(gathered[0], g) for g in gathered)
     nll_full = evaluate_now(test_tokens)
     state.history.append([state.step, state.train_seconds, nll_full])
     result = {"step": state.step, "train_seconds": state.train_seconds, "tokens": state.tokens,
               "test_nll_nats": nll_full,
               "test_bits_per_pixel": evaluate.nats_to_bits_per_pixel(nll_full),
               "eval_images": len(test_tokens)}
+    if ddp:
+        result.update(world=world, ddp_weights_identical=identical)
     log(dict(result, final=True))
     better = nll_full <= state.best_nll
     state.best_nll = min(state.best_nll, nll_full)

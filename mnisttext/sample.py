@@ -1,0 +1,147 @@
+"""Sampling: batched autoregressive generation with a KV cache, and classifier reranking.
+
+    python cli.py generate --digits 0-9                 # 64 candidates each, best 8 kept
+    python cli.py complete --indices 0,1,2 --rows 14     # finish half-drawn test digits
+
+Every generated line is well-formed by construction: positions 1..150 may only be symbols and
+position 151 is ')'. The class prefix is run through the model once and its cache is then
+copied to all candidates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import codec
+from . import tokenizer as tk
+
+
+def sample_next_token(logits: torch.Tensor, generator: torch.Generator | None = None,
+                      temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None) -> torch.Tensor:
+    """logits (B, V) -> next token ids (B,). temperature 0 is greedy. Pure: no model, no state."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]           # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)                        # (B, V)
+        # drop a token once the mass before it already reaches top_p (the first always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)                                     # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def symbol_mask(vocab_size: int, device=None) -> torch.Tensor:
+    """(V,) bool: True for the 64 symbol tokens, the only ones allowed at positions 1..150."""
+    m = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    m[tk.SYMBOL_OFFSET:tk.SYMBOL_OFFSET + codec.ALPHABET_SIZE] = True
+    return m
+
+
+@dataclass
+class SampleSettings:
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    use_cache: bool = True
+    bpp: int = 1
+
+
+def _autocast(device, dtype):
+    from .evaluate import autocast
+    return autocast(device, dtype)
+
+
+@torch.inference_mode()
+def generate(model, prefix: list[int], n: int, generator: torch.Generator,
+             settings: SampleSettings = SampleSettings(), device="cpu", dtype: str = "fp32",
+             on_step=None) -> torch.Tensor:
+    """Complete `prefix` (class digit, then any symbols) into n full lines -> (n, L) token ids.
+
+    on_step(t, tokens) is called after position t is filled (for GIFs)."""
+    n_sym = codec.n_symbols(settings.bpp)
+    L = n_sym + 2
+    if not 1 <= len(prefix) <= L - 1:
+        raise ValueError(f"prefix must hold 1..{L - 1} tokens, got {len(prefix)}")
+    device = torch.device(device)
+    out = torch.empty(n, L, dtype=torch.long, device=device)
+    out[:, :len(prefix)] = torch.tensor(prefix, device=device)
+    out[:, -1] = tk.END_ID
+    allowed = symbol_mask(model.config.vocab_size, device)
+    x = torch.tensor([prefix], device=device)                            # (1, P)
+    with _autocast(device, dtype):
+        if settings.use_cache:
+            cache = model.new_cache(1)
+            logits, _ = model(x, kv_cache=cache)                         # prefill once
+            cache = cache.expand(n)
+            logits = logits[:, -1].expand(n, -1)                         # (n, V)
+        else:
+            logits = model(x)[0][:, -1].expand(n, -1)
+        for t in range(len(prefix), L - 1):
+            logits = logits.float().masked_fill(~allowed, float("-inf"))
+            tok = sample_next_token(logits, generator, settings.temperature, settings.top_k,
+                                    settings.top_p)                     # (n,)
+            out[:, t] = tok
+            if on_step:
+                on_step(t, out)
+            if t == L - 2:
+                break           # the last position is ')' by construction
+            if settings.use_cache:
+                logits, _ = model(tok[:, None], kv_cache=cache)          # (n, 1, V)
+            else:
+                logits, _ = model(out[:, :t + 1])                        # (n, t+1, V)
+            logits = logits[:, -1]
+    return out
+
+
+def tokens_to_lines(tokens: torch.Tensor) -> list[str]:
+    """(N, L) ids of well-formed lines -> text (vectorized; equals the tokenizer's decode)."""
+    table = np.frombuffer("".join(tk.VOCAB[:tk.PAD_ID]).encode("ascii"), dtype=np.uint8)
+    arr = table[tokens.cpu().numpy()]
+    return [r.tobytes().decode("ascii") for r in arr]
+
+
+def make_generator(seed: int, device="cpu") -> torch.Generator:
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+@dataclass
+class Reranked:
+    digit: int
+    lines: list[str]          # all candidates, in generation order
+    scores: np.ndarray        # p(digit | image) under the reranker, per candidate
+    kept: np.ndarray          # indices into lines, best first, distinct images
+
+
+def rerank(digit: int, lines: list[str], classifier, keep: int, temperature: float = 0.8,
+           bpp: int = 1) -> Reranked:
+    """Score candidates by the classifier's p(digit | image) at `temperature`, keep the best
+    `keep` distinct images."""
+    from .classifier import probs
+    _, levels = codec.decode_batch(lines, bpp)
+    if bpp > 1:   # the classifier reads binary images
+        levels = (levels >= (1 << (bpp - 1))).astype(np.uint8)
+    p = probs(classifier, levels, temperature)[:, digit].cpu().numpy()
+    order = np.argsort(-p, kind="stable")
+    kept, seen = [], set()
+    for i in order:
+        if lines[i] in seen:
+            continue
+        seen.add(lines[i])
+        kept.append(i)
+        if len(kept) == keep:
+            break
+    return Reranked(digit, lines, p, np.asarray(kept))

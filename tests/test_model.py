@@ -1,0 +1,106 @@
+"""The model and the sampler: cache = no cache, seeds, constrained decoding, top-k/top-p."""
+import pytest
+import torch
+
+from mnisttext import codec, sample
+from mnisttext import tokenizer as tk
+from mnisttext.model import PRESETS, GPTConfig, build_model
+
+
+def tiny(arch="gpt", seed=0):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(**PRESETS["tiny"]) if arch == "gpt" else GPTConfig(arch="gru", n_layer=2, n_embd=32, dropout=0.0)
+    return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt", "gru"])
+def test_cached_logits_equal_uncached(arch):
+    model = tiny(arch)
+    idx = torch.randint(0, 76, (3, 40))
+    full, _ = model(idx)
+    cache = model.new_cache(3)
+    first, _ = model(idx[:, :7], kv_cache=cache)          # a chunk
+    steps = [first]
+    for t in range(7, 40):                                   # then one token at a time
+        steps.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_chunk_after_prefix_uses_the_right_mask():
+    model = tiny()
+    idx = torch.randint(0, 76, (2, 30))
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    a, _ = model(idx[:, :10], kv_cache=cache)
+    b, _ = model(idx[:, 10:30], kv_cache=cache)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_expanded_cache_equals_batched_prefill():
+    model = tiny()
+    prefix = torch.tensor([[4, 20, 30]])
+    cache = model.new_cache(1)
+    model(prefix, kv_cache=cache)
+    big = cache.expand(5)
+    nxt = torch.randint(10, 74, (5, 1))
+    got, _ = model(nxt, kv_cache=big)
+    want, _ = model(torch.cat([prefix.expand(5, -1), nxt], 1))
+    torch.testing.assert_close(got[:, -1], want[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_is_mean_cross_entropy():
+    model = tiny()
+    idx = torch.randint(0, 76, (2, 20))
+    logits, loss = model(idx[:, :-1], idx[:, 1:])
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 76), idx[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss, want)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "gru"])
+def test_cached_generation_equals_uncached(arch):
+    model = tiny(arch)
+    s_c = sample.SampleSettings(temperature=1.0, use_cache=True)
+    s_n = sample.SampleSettings(temperature=1.0, use_cache=False)
+    a = sample.generate(model, [3], 4, sample.make_generator(7), s_c)
+    b = sample.generate(model, [3], 4, sample.make_generator(7), s_n)
+    assert torch.equal(a, b)
+
+
+def test_same_seed_same_output_and_well_formed():
+    model = tiny()
+    s = sample.SampleSettings(temperature=1.5)
+    a = sample.generate(model, [9], 6, sample.make_generator(1), s)
+    b = sample.generate(model, [9], 6, sample.make_generator(1), s)
+    c = sample.generate(model, [9], 6, sample.make_generator(2), s)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    lines = sample.tokens_to_lines(a)
+    assert lines == [tk.decode_ids(tk.build(), r) for r in a]   # fast path = tokenizer
+    labels, _ = codec.decode_batch(lines)                          # raises if malformed
+    assert list(labels) == [9] * 6
+
+
+def test_prefix_is_kept():
+    model = tiny()
+    prefix = [2] + [tk.SYMBOL_OFFSET + 5] * 20
+    out = sample.generate(model, prefix, 3, sample.make_generator(0), sample.SampleSettings())
+    assert (out[:, :21] == torch.tensor(prefix)).all()
+
+
+def test_sample_next_token_greedy_topk_topp():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[0.0, 1.0, 3.0, 2.0]]).expand(2000, -1)
+    assert (sample.sample_next_token(logits, g, temperature=0) == 2).all()
+    k2 = sample.sample_next_token(logits, g, 1.0, top_k=2)
+    assert set(k2.tolist()) == {2, 3}
+    p = torch.softmax(logits[0], -1)                        # 0.032 0.087 0.644 0.237
+    top = sample.sample_next_token(logits, g, 1.0, top_p=0.5)
+    assert set(top.tolist()) == {2}
+    top = sample.sample_next_token(logits, g, 1.0, top_p=0.7)
+    assert set(top.tolist()) == {2, 3} and p[2] < 0.7
+    full = sample.sample_next_token(logits, g, 1.0)
+    freq = torch.bincount(full, minlength=4).float() / len(full)
+    torch.testing.assert_close(freq, p, atol=0.04, rtol=0)
+    with pytest.raises(ValueError):
+        sample.sample_next_token(logits, g, -1.0)
+    with pytest.raises(ValueError):
+        sample.sample_next_token(logits, g, 1.0, top_p=0.0)

@@ -1,0 +1,119 @@
+"""Training on a tiny slice: loss falls, exact resume, kill -9, corrupt checkpoints, 2-process DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mnisttext import checkpoint, cli
+from conftest import CORPUS, ROOT
+
+TINY = ["--preset", "tiny", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "2",
+        "--eval-every", "0", "--log-every", "1", "--threads", "1", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    for split, n in (("train", 320), ("test", 48)):
+        lines = (CORPUS / f"{split}.txt").read_text().splitlines()[:n]
+        (d / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def metrics(run):
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def train(run, corpus, *extra):
+    rc = cli.main(["train", "--corpus", str(corpus), "--out", str(run), *TINY, *extra])
+    assert rc == 0
+    return metrics(run)
+
+
+def test_loss_decreases_and_run_dir_is_complete(tmp_path, small_corpus):
+    run = tmp_path / "run"
+    m = train(run, small_corpus, "--max-steps", "25")
+    losses = [r["loss"] for r in m if "loss" in r]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    final = m[-1]
+    assert final["final"] and final["test_nll_nats"] > 0 and final["eval_images"] == 48
+    for f in ("args.json", "loss.png", "last/model.safetensors", "last/state.safetensors",
+              "last/config.json", "last/tokenizer.json", "best/model.safetensors"):
+        assert (run / f).exists(), f
+    model, config, tok = checkpoint.load_model(run / "best")
+    assert config.n_layer == 2 and tok.get_vocab_size() == 76
+
+
+def test_resume_continues_exactly(tmp_path, small_corpus):
+    a = train(tmp_path / "a", small_corpus, "--max-steps", "10")
+    train(tmp_path / "b", small_corpus, "--max-steps", "10", "--stop-after", "4")
+    b = train(tmp_path / "b", small_corpus, "--max-steps", "10", "--resume")
+    la = {r["step"]: r["loss"] for r in a if "loss" in r}
+    lb = {r["step"]: r["loss"] for r in b if "loss" in r}
+    assert set(range(5, 11)) <= set(lb)
+    for s in range(5, 11):
+        assert la[s] == lb[s], f"step {s}: {la[s]} != {lb[s]}"
+    ta = checkpoint.read_tensors(tmp_path / "a" / "last" / "model.safetensors")
+    tb = checkpoint.read_tensors(tmp_path / "b" / "last" / "model.safetensors")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_kill_9_then_resume(tmp_path, small_corpus):
+    run = tmp_path / "k"
+    cmd = [sys.executable, "cli.py", "train", "--corpus", str(small_corpus), "--out", str(run),
+           *TINY, "--max-steps", "400", "--save-every", "0.2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "last" / "config.json").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((checkpoint.resolve(run / "last") / "state.json").read_text())["state"]
+    assert 0 < state["step"] < 400
+    rc = cli.main(["train", "--corpus", str(small_corpus), "--out", str(run), *TINY,
+                   "--max-steps", "400", "--save-every", "0.2", "--resume", "--stop-after", "5"])
+    assert rc == 0
+    after = json.loads((checkpoint.resolve(run / "last") / "state.json").read_text())["state"]
+    assert after["step"] == state["step"] + 5
+
+
+def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path, small_corpus, capsys):
+    run = tmp_path / "c"
+    train(run, small_corpus, "--max-steps", "2")
+    weights = run / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])           # truncated
+    with pytest.raises(checkpoint.CheckpointError, match="model.safetensors"):
+        checkpoint.load_model(run / "best")
+    weights.write_bytes(b"\x80\x02}q\x00.")                    # a pickle, never unpickled
+    with pytest.raises(checkpoint.CheckpointError, match="safetensors"):
+        checkpoint.load_model(run / "best")
+    (run / "best" / "config.json").write_text('{"n_layer": "x", "bogus": 1}')
+    with pytest.raises(checkpoint.CheckpointError, match="config.json"):
+        checkpoint.load_model(run / "best")
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        checkpoint.load_model(tmp_path / "nothing")
+    (run / "last" / "state.safetensors").write_bytes(b"garbage")
+    rc = cli.main(["train", "--corpus", str(small_corpus), "--out", str(run), *TINY,
+                   "--max-steps", "4", "--resume"])
+    assert rc == 2 and "state.safetensors" in capsys.readouterr().err
+
+
+def test_two_process_ddp(tmp_path, small_corpus):
+    run = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "cli.py", "train", "--corpus", str(small_corpus),
+           "--out", str(run), *TINY, "--max-steps", "20", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    m = metrics(run)
+    final = m[-1]
+    assert final["world"] == 2 and final["ddp_weights_identical"] is True
+    losses = [r["loss"] for r in m if "loss" in r]
+    assert sum(losses[-5:]) < sum(losses[:5])
