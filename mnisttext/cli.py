@@ -278,6 +278,103 @@ def cmd_complete(args) -> int:
     return 0
 
 # ---------------------------------------------------------------------------------------------
+# eval
+
+EVAL_ROWS = [
+    ("test NLL (nats/image)", "test_nll_nats"),
+    ("test bits/pixel (784 px)", "test_bits_per_pixel"),
+    ("generative classification acc", "generative_accuracy"),
+    ("raw T=1.0 conditional acc", "raw_t1_conditional_accuracy"),
+    ("raw T=0.8 conditional acc", "raw_t08_conditional_accuracy"),
+    ("reranked 8/64 conditional acc", "reranked_conditional_accuracy"),
+    ("raw T=1.0 Fréchet", "raw_t1_frechet"),
+    ("raw T=0.8 Fréchet", "raw_t08_frechet"),
+    ("reranked Fréchet", "reranked_frechet"),
+    ("Fréchet floor (train vs test)", "frechet_floor_train_vs_test"),
+    ("raw T=1.0 diversity (vs test)", "raw_t1_diversity"),
+    ("raw T=0.8 diversity (vs test)", "raw_t08_diversity"),
+    ("reranked diversity (vs test)", "reranked_diversity"),
+    ("raw T=1.0 copies of train", "raw_t1_copy_rate"),
+    ("raw T=1.0 NN Hamming median", "raw_t1_nn_hamming_median"),
+    ("reranked copies of train", "reranked_copy_rate"),
+    ("params", "params"),
+]
+
+
+def cmd_eval(args) -> int:
+    from . import evaluate
+    from .progress import console, table
+    checkpoints = args.compare or [args.checkpoint]
+    names = args.names.split(",") if args.names else [str(c) for c in checkpoints]
+    if len(names) != len(checkpoints):
+        raise UsageError(f"--names has {len(names)} entries for {len(checkpoints)} checkpoints")
+    device = resolve_device(args.device)
+    shared: dict = {}
+    results = []
+    for ck in checkpoints:
+        console.print(f"evaluating {ck}")
+        results.append(evaluate.evaluate_checkpoint(
+            ck, args.corpus, args.classifier, args.eval_classifier, args.samples_per_class,
+            gen_class_images=args.gen_class_images, seed=args.seed, device=device,
+            dtype=args.dtype, log=lambda m: console.print("  " + m), reference_cache=shared))
+    if args.json:
+        obj = results[0] if len(results) == 1 else dict(zip(names, results))
+        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    else:
+        rows = [[label] + [r.get(key, "") for r in results] for label, key in EVAL_ROWS]
+        keys = sorted({k for r in results for k in r["seconds"]})
+        rows += [[f"seconds: {k}"] + [r["seconds"].get(k, "") for r in results] for k in keys]
+        table("mnisttext eval", ["metric"] + names, rows)
+    return 0
+
+# ---------------------------------------------------------------------------------------------
+# classifier training, shipping a run
+
+def cmd_train_classifier(args) -> int:
+    from . import classifier
+    from .progress import bar, console
+    over = {k: v for k, v in (("width", args.width), ("feat_dim", args.feat_dim),
+                              ("dropout", args.dropout)) if v is not None}
+    config = classifier.ClassifierConfig(**{**classifier.preset(args.arch).to_dict(), **over})
+    with bar() as prog:
+        task = prog.add_task(f"train {args.arch}", total=None)
+
+        def report(epoch, step, total, loss):
+            prog.update(task, total=total, completed=step,
+                        description=f"epoch {epoch + 1}/{args.epochs} loss {loss:.3f}")
+
+        metrics = classifier.train_classifier(args.corpus, args.out, config, args.epochs,
+                                              args.batch_size, args.lr, args.seed, args.threads,
+                                              report)
+    console.print(f"{args.out}: test accuracy {metrics['test_accuracy']:.4f}, "
+                  f"{metrics['params']} params, {metrics['train_seconds']} s")
+    return 0
+
+
+def cmd_ship(args) -> int:
+    """Copy a run's checkpoint (weights, config, tokenizer) into checkpoints/ with its metadata."""
+    from . import checkpoint
+    from .progress import console
+    src = checkpoint.resolve(args.run_checkpoint)
+    model, config, tok = checkpoint.load_model(src)
+    run_dir = src.parent
+    meta = {"source": str(src)}
+    for name in ("args.json",):
+        if (run_dir / name).exists():
+            meta["args"] = checkpoint.read_json(run_dir / name)
+    if (src / "metrics.json").exists():
+        meta["metrics"] = checkpoint.read_json(src / "metrics.json")
+    last = checkpoint.resolve(run_dir / "last") if (run_dir / "last").exists() else None
+    if last is not None and (last / "state.json").exists():
+        st = checkpoint.read_json(last / "state.json")["state"]
+        meta["run_state"] = {k: st[k] for k in ("step", "train_seconds", "tokens", "best_nll")}
+    checkpoint.write_dir(args.out, {"model.safetensors": checkpoint.model_tensors(model)},
+                         {"config.json": config.to_dict(), "metadata.json": meta},
+                         {"tokenizer.json": tok.to_str(pretty=True)})
+    console.print(f"shipped {src} -> {args.out}")
+    return 0
+
+# ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     from . import train
@@ -340,6 +437,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(c)
     c.add_argument("--out", default="sample_img/completion.png", help="figure path")
     c.set_defaults(func=cmd_complete)
+
+    v = sub.add_parser("eval", help="test NLL, generative classification, sample quality",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v.add_argument("--checkpoint", default=DEFAULT_MODEL, help="character model directory")
+    v.add_argument("--compare", nargs="+", help="evaluate several checkpoints side by side")
+    v.add_argument("--names", default=None, help="comma-separated column names for --compare")
+    v.add_argument("--corpus", default="corpus", help="directory with train.txt and test.txt")
+    v.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help="the reranker")
+    v.add_argument("--eval-classifier", default="checkpoints/eval_classifier",
+                   help="the independent classifier that grades samples")
+    v.add_argument("--samples-per-class", type=int, default=100, help="raw samples per digit")
+    v.add_argument("--gen-class-images", type=int, default=1000,
+                   help="test lines for generative classification (10 passes each)")
+    v.add_argument("--seed", type=int, default=0, help="sampling seed")
+    v.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    v.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="autocast")
+    v.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    v.set_defaults(func=cmd_eval)
+
+    k = sub.add_parser("train-classifier", help="train the CNN reranker or the eval classifier",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    k.add_argument("--corpus", default="corpus", help="directory with train.txt and test.txt")
+    k.add_argument("--out", default=DEFAULT_CLASSIFIER, help="output directory")
+    k.add_argument("--arch", choices=["cnn", "resnet"], default="cnn",
+                   help="cnn = the reranker, resnet = the evaluation classifier")
+    k.add_argument("--width", type=int, help="channels (default: the arch's preset)")
+    k.add_argument("--feat-dim", type=int, help="penultimate features (default: preset)")
+    k.add_argument("--dropout", type=float, help="dropout (default: preset)")
+    k.add_argument("--epochs", type=int, default=5, help="passes over the training lines")
+    k.add_argument("--batch-size", type=int, default=128, help="images per step")
+    k.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
+    k.add_argument("--seed", type=int, default=0, help="init, order and augmentation seed")
+    k.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    k.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("ship", help="copy a run's checkpoint into checkpoints/ with metadata",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("run_checkpoint", help="e.g. runs/flagship/best")
+    s.add_argument("--out", default=DEFAULT_MODEL, help="destination directory")
+    s.set_defaults(func=cmd_ship)
     return p
 
 

@@ -59,17 +59,25 @@ def test_training_is_deterministic(tiny, small_corpus, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_round_trip_gives_identical_logits(tiny, test_lines):
-    out, _, _ = tiny
+@pytest.mark.parametrize("arch", ["cnn", "resnet"])
+def test_round_trip_gives_identical_logits(arch, tmp_path, test_lines):
+    config = classifier.ClassifierConfig(arch=arch, width=4, feat_dim=12)
+    model = classifier.build_classifier(config)
+    with torch.no_grad():                      # BN running stats must travel too
+        for name, buf in model.named_buffers():
+            if "running" in name:
+                buf.uniform_(0.5, 1.5)
+    model = model.eval().to(memory_format=torch.channels_last)    # as load_classifier has it
     _, levels = codec.decode_batch(test_lines[:64])
-    m1, c1 = classifier.load_classifier(out)
-    m2, c2 = classifier.load_classifier(out)
-    assert c1 == c2 == TINY and not m1.training
-    l1 = classifier.predict_logits(m1, levels, batch_size=16)
-    assert l1.shape == (64, 10) and l1.dtype == torch.float32
-    assert torch.equal(l1, classifier.predict_logits(m2, levels))
-    p = classifier.probs(m1, levels, temperature=0.8)
-    assert torch.allclose(p, torch.softmax(l1 / 0.8, -1)) and torch.allclose(p.sum(-1), torch.ones(64))
+    before = classifier.predict_logits(model, levels, batch_size=16)
+    classifier.save_classifier(tmp_path / "c", model, config, {"test_accuracy": 0.0})
+    loaded, c2 = classifier.load_classifier(tmp_path / "c")
+    assert c2 == config and not loaded.training
+    after = classifier.predict_logits(loaded, levels, batch_size=16)
+    assert after.shape == (64, 10) and after.dtype == torch.float32
+    assert torch.equal(before, after)
+    p = classifier.probs(loaded, levels, temperature=0.8)
+    assert torch.allclose(p, torch.softmax(after / 0.8, -1), atol=1e-6)
 
 
 def test_features_shape(tiny, test_lines):

@@ -1,0 +1,60 @@
+"""Shared by the benchmark scripts: the measured matmul peak, machine facts, the JSONL history."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HISTORY = Path(__file__).parent / "history.jsonl"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(dtype=torch.bfloat16, device="cpu", sizes=(1024, 2048), reps=5) -> float:
+    """Best FLOP/s of square matmuls at this dtype on this device, measured now."""
+    best = 0.0
+    big = (4096, 8192) if torch.device(device).type == "cuda" else ()
+    for n in tuple(sizes) + big:
+        a = torch.randn(n, n, dtype=dtype, device=device)
+        b = torch.randn(n, n, dtype=dtype, device=device)
+        for _ in range(2):
+            a @ b
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
+    return best
+
+
+def machine(device="cpu") -> dict:
+    d = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+         "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+         "device": str(device)}
+    if torch.device(device).type == "cuda":
+        d["gpu"] = torch.cuda.get_device_name()
+    return d
+
+
+def record(bench: str, result: dict) -> None:
+    rec = {"bench": bench, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}
+    with open(HISTORY, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def print_table(title: str, rows: list[tuple[str, object]]) -> None:
+    print(title)
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        v = f"{v:,.4g}" if isinstance(v, float) else v
+        print(f"  {k:<{w}}  {v}")
