@@ -46,13 +46,14 @@ def main():
         from mnisttext.classifier import load_classifier
         clf, _ = load_classifier(a.classifier, a.device)
     dtype = "bf16" if a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device)) else "fp32"
+    model = sample.for_sampling(model, dtype)          # weights cast once, no autocast
 
     def once(use_cache, seed):
         sync(a.device)
         t = time.perf_counter()
         gen = sample.make_generator(seed, a.device)
         st = sample.SampleSettings(temperature=0.8, use_cache=use_cache)
-        toks = sample.generate(model, [3], a.candidates, gen, st, a.device, dtype)
+        toks = sample.generate(model, [3], a.candidates, gen, st, a.device, "fp32")
         lines = sample.tokens_to_lines(toks)
         if clf is not None:
             sample.rerank(3, lines, clf, 8, 0.8)

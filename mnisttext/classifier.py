@@ -10,9 +10,9 @@ line is judged on the same footing as a real one. Two architectures, trained sep
             its penultimate features feed the Frechet distance.
 
     python cli.py train-classifier --out checkpoints/classifier
-    python -m mnisttext.classifier --out checkpoints/classifier --arch cnn --seed 0 --threads 1
-    python -m mnisttext.classifier --out checkpoints/eval_classifier --arch resnet --seed 1 \\
-        --threads 1
+    python -m mnisttext.classifier --out checkpoints/classifier --arch cnn --epochs 8 --seed 0
+    python -m mnisttext.classifier --out checkpoints/eval_classifier --arch resnet --epochs 5 \\
+        --seed 1
 
     from mnisttext import classifier
     model, config = classifier.load_classifier("checkpoints/classifier")
@@ -68,6 +68,10 @@ PRESETS = {
     "cnn": ClassifierConfig(arch="cnn", width=24, feat_dim=48, dropout=0.1),
     "resnet": ClassifierConfig(arch="resnet", width=32, feat_dim=128, dropout=0.1),
 }
+
+
+# epochs of the shipped runs: the small net needs more passes to clear 99.2% on every slice
+EPOCHS = {"cnn": 8, "resnet": 5}
 
 
 def preset(arch: str = "cnn") -> ClassifierConfig:
@@ -235,16 +239,26 @@ def accuracy(model: nn.Module, levels, labels, batch_size: int = 1024) -> float:
 # ---------------------------------------------------------------------------------------------
 # training, saving, loading
 
-def train_classifier(corpus_dir, out_dir, config: ClassifierConfig | None = None, epochs: int = 5,
-                     batch_size: int = 128, lr: float = 3e-3, seed: int = 0, threads: int = 0,
-                     progress=None) -> dict:
+def train_classifier(corpus_dir, out_dir, config: ClassifierConfig | None = None,
+                     epochs: int | None = None, batch_size: int = 128, lr: float = 3e-3,
+                     seed: int = 0, threads: int = 0, progress=None) -> dict:
     """Train on corpus_dir/train.txt, score on test.txt, write out_dir. Returns the metrics.
 
     AdamW + OneCycle (warmup then cosine decay), random +-2 px shifts. Deterministic given seed
-    and thread count. `progress(epoch, step, total_steps, loss)` is called every step."""
-    config = config or ClassifierConfig()
+    and thread count. config None: the "cnn" preset; epochs None: EPOCHS[arch]; threads 0: keep
+    torch's setting. `progress(epoch, step, total_steps, loss)` is called every step."""
+    config = config or preset("cnn")
+    epochs = EPOCHS[config.arch] if epochs is None else epochs
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _train(corpus_dir, out_dir, config, epochs, batch_size, lr, seed, progress)
+    finally:
+        torch.set_num_threads(before)     # the caller's setting, not ours, after we return
+
+
+def _train(corpus_dir, out_dir, config, epochs, batch_size, lr, seed, progress) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     y_train, lv_train = load_corpus_split(corpus_dir, "train")
@@ -317,7 +331,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, help="default: the arch's preset")
     p.add_argument("--feat-dim", type=int, help="default: the arch's preset")
     p.add_argument("--dropout", type=float, help="default: the arch's preset")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, help="default: 8 for cnn, 5 for resnet")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -327,13 +341,14 @@ def main(argv=None) -> int:
                               ("dropout", args.dropout)) if v is not None}
     config = ClassifierConfig(**{**preset(args.arch).to_dict(), **over})
     t0 = time.perf_counter()
+    epochs = args.epochs or EPOCHS[config.arch]
 
     def report(epoch, step, total, loss):
         if step % 50 == 0 or step == total:
-            print(f"epoch {epoch + 1}/{args.epochs} step {step}/{total} loss {loss:.4f} "
+            print(f"epoch {epoch + 1}/{epochs} step {step}/{total} loss {loss:.4f} "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
 
-    metrics = train_classifier(args.corpus, args.out, config, args.epochs, args.batch_size,
+    metrics = train_classifier(args.corpus, args.out, config, epochs, args.batch_size,
                                args.lr, args.seed, args.threads, report)
     print({**metrics, "config": config.to_dict()})
     return 0

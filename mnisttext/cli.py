@@ -189,6 +189,7 @@ def cmd_generate(args) -> int:
         raise UsageError(f"--keep must be in 1..{args.candidates} (the candidates), got {args.keep}")
     device = resolve_device(args.device)
     model, config, _ = checkpoint.load_model(args.checkpoint, device)
+    model = sample.for_sampling(model, args.dtype)
     clf, _ = load_classifier(args.classifier, device)
     bpp = (config.block_size - 2) // codec_n_symbols()
     settings = sample.SampleSettings(args.temperature, args.top_k, args.top_p, not args.no_cache, bpp)
@@ -198,7 +199,7 @@ def cmd_generate(args) -> int:
     for d in digits:
         t0 = time.perf_counter()
         gen = sample.make_generator(args.seed * 100 + d, device)
-        tokens = sample.generate(model, [d], args.candidates, gen, settings, device, args.dtype)
+        tokens = sample.generate(model, [d], args.candidates, gen, settings, device, "fp32")
         lines = sample.tokens_to_lines(tokens)
         r = sample.rerank(d, lines, clf, args.keep, args.classifier_temperature, bpp)
         dt = time.perf_counter() - t0
@@ -243,6 +244,7 @@ def cmd_complete(args) -> int:
     check_sampling_args(args)
     device = resolve_device(args.device)
     model, config, tok = checkpoint.load_model(args.checkpoint, device)
+    model = sample.for_sampling(model, args.dtype)
     bpp = (config.block_size - 2) // codec.n_symbols(1)
     if args.lines:
         sources = args.lines
@@ -264,7 +266,7 @@ def cmd_complete(args) -> int:
         label, original = codec.decode(line, bpp)
         prefix = tk.encode_lines(tok, [line[:1 + keep]])[0]
         gen = sample.make_generator(args.seed * 100 + j, device)
-        tokens = sample.generate(model, prefix, args.samples, gen, settings, device, args.dtype)
+        tokens = sample.generate(model, prefix, args.samples, gen, settings, device, "fp32")
         lines = sample.tokens_to_lines(tokens)
         out_lines += lines
         given = codec.decode_partial(line[1:1 + keep], bpp)

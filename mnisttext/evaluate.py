@@ -213,6 +213,7 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
             res[f"{prefix}_{k}"] = v
         res[f"{prefix}_samples"] = len(lines)
 
+    sampler = sample.for_sampling(model, dtype)
     for temp in temperatures:
         name = f"raw_t{temp:g}".replace(".", "")
         with timer(f"sample_{name}"):
@@ -220,7 +221,7 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
             for d in range(10):
                 gen = sample.make_generator(seed * 100 + d, device)
                 st = sample.SampleSettings(temperature=temp, bpp=bpp)
-                toks = sample.generate(model, [d], samples_per_class, gen, st, device, dtype)
+                toks = sample.generate(sampler, [d], samples_per_class, gen, st, device, "fp32")
                 lines += sample.tokens_to_lines(toks)
                 digits += [d] * samples_per_class
         with timer(f"stats_{name}"):
@@ -232,8 +233,8 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
         lines, digits = [], []
         for d in range(10):
             gen = sample.make_generator(seed * 100 + d, device)
-            toks = sample.generate(model, [d], rerank_candidates, gen,
-                                   sample.SampleSettings(temperature=0.8, bpp=bpp), device, dtype)
+            toks = sample.generate(sampler, [d], rerank_candidates, gen,
+                                   sample.SampleSettings(temperature=0.8, bpp=bpp), device, "fp32")
             cand = sample.tokens_to_lines(toks)
             r = sample.rerank(d, cand, reranker, rerank_keep, 0.8, bpp)
             lines += [cand[i] for i in r.kept]

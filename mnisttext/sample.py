@@ -65,6 +65,19 @@ def _autocast(device, dtype):
     return autocast(device, dtype)
 
 
+def for_sampling(model, dtype: str = "auto"):
+    """The model to sample with: cast to bf16 once where that is asked for or available.
+
+    Casting the weights once beats autocast, which would recast every weight at every one of
+    the 150 decode steps. Use the result with generate(..., dtype="fp32") (no autocast)."""
+    from .evaluate import bf16_supported
+    device = next(model.parameters()).device
+    if dtype == "bf16" or (dtype == "auto" and bf16_supported(device)):
+        import copy
+        return copy.deepcopy(model).to(torch.bfloat16)
+    return model
+
+
 @torch.inference_mode()
 def generate(model, prefix: list[int], n: int, generator: torch.Generator,
              settings: SampleSettings = SampleSettings(), device="cpu", dtype: str = "fp32",
