@@ -467,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--width", type=int, help="channels (default: the arch's preset)")
     k.add_argument("--feat-dim", type=int, help="penultimate features (default: preset)")
     k.add_argument("--dropout", type=float, help="dropout (default: preset)")
-    k.add_argument("--epochs", type=int, default=5, help="passes over the training lines")
+    k.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training lines (default: 8 for cnn, 5 for resnet)")
     k.add_argument("--batch-size", type=int, default=128, help="images per step")
     k.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle)")
     k.add_argument("--seed", type=int, default=0, help="init, order and augmentation seed")
