@@ -220,6 +220,10 @@ def cmd_generate(args) -> int:
         console.print(f"digit {d}: {args.candidates} candidates in {dt:.2f} s, kept {len(best)}, "
                       f"p(digit) {r.scores[r.kept].min():.3f}..{r.scores[r.kept].max():.3f} "
                       f"-> {img_dir / f'{d}.png'}")
+    if len(digits) > 1 and not args.show_all:     # one picture of every kept line, a row per digit
+        from .codec import decode_batch
+        render.save_grid(decode_batch(kept_lines, bpp)[1], img_dir / "grid.png", bpp,
+                         cols=args.keep, scale=args.scale)
     text = "\n".join(kept_lines) + "\n"
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -338,6 +342,7 @@ def cmd_train_classifier(args) -> int:
     over = {k: v for k, v in (("width", args.width), ("feat_dim", args.feat_dim),
                               ("dropout", args.dropout)) if v is not None}
     config = classifier.ClassifierConfig(**{**classifier.preset(args.arch).to_dict(), **over})
+    args.epochs = args.epochs or classifier.EPOCHS[config.arch]
     with bar() as prog:
         task = prog.add_task(f"train {args.arch}", total=None)
 

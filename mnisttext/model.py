@@ -29,6 +29,7 @@ class GPTConfig:
     n_embd: int = 256
     dropout: float = 0.1
     bias: bool = True
+    bit_embed: bool = False    # add a learned embedding of each symbol's 6 pixel bits
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
@@ -93,6 +94,14 @@ class KVCache:
             new.k = self.k.expand(-1, n, -1, -1, -1).contiguous()
             new.v = self.v.expand(-1, n, -1, -1, -1).contiguous()
         return new
+
+
+def symbol_bit_table(vocab_size: int) -> torch.Tensor:
+    """(V, 6) float: the MSB-first pixel bits of each symbol token (ids 10..73), zeros elsewhere."""
+    t = torch.zeros(vocab_size, 6)
+    v = torch.arange(64)
+    t[10:74] = ((v[:, None] >> torch.arange(5, -1, -1)) & 1).float()
+    return t
 
 
 class CausalSelfAttention(nn.Module):
@@ -173,6 +182,11 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight      # weight tying, as GPT-2
+        if config.bit_embed:
+            # A symbol is 6 pixels; telling the model which ones are set lets it use the pixel
+            # structure from the first step instead of learning it from 64 unrelated ids.
+            self.register_buffer("symbol_bits", symbol_bit_table(config.vocab_size), persistent=False)
+            self.bit_proj = nn.Linear(6, config.n_embd, bias=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():                # GPT-2's scaled residual init
             if name.endswith("c_proj.weight"):
@@ -204,6 +218,8 @@ class GPT(nn.Module):
         assert p0 + T <= self.config.block_size, f"sequence {p0 + T} > block {self.config.block_size}"
         pos = torch.arange(p0, p0 + T, device=idx.device)        # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)   # (B, T, C)
+        if self.config.bit_embed:
+            x = x + self.bit_proj(self.symbol_bits[idx])                # (B, T, C)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, i)
