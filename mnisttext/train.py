@@ -300,14 +300,15 @@ def train(cfg: dict, reporter=None) -> dict:
         model.train()
         return float(total[0] / total[1])
 
-    def save(with_best=False, nll=None):
+    def save(with_best=False, nll=None, images=None):
         if not master:
             return
         save_run_checkpoint(out / "last", model, config, tok, opt, state, cfg)
         if with_best:
             save_run_checkpoint(out / "best", model, config, tok)
             (out / "best" / "metrics.json").write_text(json.dumps(
-                {"test_nll_nats": nll, "step": state.step, "train_seconds": state.train_seconds}))
+                {"test_nll_nats": nll, "eval_images": images, "step": state.step,
+                 "train_seconds": state.train_seconds}))
 
     def progress():
         p = state.step / total_steps
@@ -376,7 +377,7 @@ def train(cfg: dict, reporter=None) -> dict:
                  "test_nll_subset": nll, "eval_images": len(eval_subset)})
             if master:
                 reporter.eval(state, nll)
-            save(with_best=better, nll=nll)
+            save(with_best=better, nll=nll, images=len(eval_subset))
             last_save = state.train_seconds
         elif state.train_seconds - last_save >= cfg["save_every"]:
             save()
@@ -397,9 +398,11 @@ def train(cfg: dict, reporter=None) -> dict:
     if ddp:
         result.update(world=world, ddp_weights_identical=identical)
     log(dict(result, final=True))
-    better = nll_full <= state.best_nll
-    state.best_nll = min(state.best_nll, nll_full)
-    save(with_best=better, nll=nll_full)
+    # `best` is chosen on the periodic eval's subset; compare the final weights on the same one
+    nll_sub = evaluate_now(eval_subset) if len(eval_subset) < len(test_tokens) else nll_full
+    better = nll_sub <= state.best_nll
+    state.best_nll = min(state.best_nll, nll_sub)
+    save(with_best=better, nll=nll_full, images=len(test_tokens))
     if master:
         reporter.eval(state, nll_full)
         reporter.stop()
