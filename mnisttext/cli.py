@@ -178,7 +178,7 @@ def add_sampling_args(p, candidates_help="candidates per digit"):
 
 def cmd_generate(args) -> int:
     import numpy as np
-    from . import checkpoint, render, sample
+    from . import checkpoint, codec, render, sample
     from .classifier import load_classifier
     from .progress import console
     digits = parse_digits(args.digits)
@@ -191,7 +191,7 @@ def cmd_generate(args) -> int:
     model, config, _ = checkpoint.load_model(args.checkpoint, device)
     model = sample.for_sampling(model, args.dtype)
     clf, _ = load_classifier(args.classifier, device)
-    bpp = (config.block_size - 2) // codec_n_symbols()
+    bpp = codec.bpp_of_length(config.block_size)
     settings = sample.SampleSettings(args.temperature, args.top_k, args.top_p, not args.no_cache, bpp)
     img_dir = Path(args.img_dir)
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -235,11 +235,6 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def codec_n_symbols():
-    from .codec import n_symbols
-    return n_symbols(1)
-
-
 def cmd_complete(args) -> int:
     import numpy as np
     from . import checkpoint, codec, data, render, sample
@@ -249,7 +244,7 @@ def cmd_complete(args) -> int:
     device = resolve_device(args.device)
     model, config, tok = checkpoint.load_model(args.checkpoint, device)
     model = sample.for_sampling(model, args.dtype)
-    bpp = (config.block_size - 2) // codec.n_symbols(1)
+    bpp = codec.bpp_of_length(config.block_size)
     if args.lines:
         sources = args.lines
     else:

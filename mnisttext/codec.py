@@ -50,6 +50,18 @@ def line_length(bpp: int = 1) -> int:
     return n_symbols(bpp) + 2
 
 
+def bpp_of_length(length: int) -> int:
+    """Bits per pixel of lines (or model contexts) of this many characters/tokens."""
+    return (length - 2) // n_symbols(1)
+
+
+def binarize(levels: np.ndarray, bpp: int = 1) -> np.ndarray:
+    """Gray levels -> 0/1 at the middle level (what the classifiers read); bpp 1 is unchanged."""
+    if bpp == 1:
+        return levels
+    return (np.asarray(levels) >= (1 << (bpp - 1))).astype(np.uint8)
+
+
 # ---------------------------------------------------------------------------------------------
 # images -> levels -> symbols -> text
 

@@ -106,7 +106,7 @@ def load_split(corpus_dir, split: str, tok, limit: int | None = None) -> np.ndar
     bad = next((i for i, l in enumerate(lines) if len(l) != n), None)
     if bad is not None:
         raise DataError(f"{path}:{bad + 1}: line length {len(lines[bad])}, expected {n}")
-    bpp = (n - 2) // codec.n_symbols(1)
+    bpp = codec.bpp_of_length(n)
     _, _, _, errors = codec.parse_lines(lines, bpp)
     if errors:
         i, msg = errors[0]

@@ -165,7 +165,7 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
     log = log or (lambda s: None)
     timer = Timer()
     model, config, tok = checkpoint.load_model(model_dir, device)
-    bpp = (config.block_size - 2) // codec.n_symbols(1)
+    bpp = codec.bpp_of_length(config.block_size)
     res = {"checkpoint": str(model_dir), "arch": config.arch, "params": model.num_params(),
            "bpp": bpp}
     cache = reference_cache if reference_cache is not None else {}
@@ -193,7 +193,7 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
             train_lines = data.read_lines(Path(corpus_dir) / "train.txt")
             tl, tv = codec.decode_batch(test_lines, bpp)
             rl, rv = codec.decode_batch(train_lines, bpp)
-            cache.update(test=(tl, _binary(tv, bpp)), train=(rl, _binary(rv, bpp)),
+            cache.update(test=(tl, codec.binarize(tv, bpp)), train=(rl, codec.binarize(rv, bpp)),
                          train_set=set(train_lines))
             cache["test_feat"] = features(clf, cache["test"][1])
             cache["train_feat"] = features(clf, cache["train"][1][:10_000])
@@ -204,7 +204,7 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
 
     def sample_stats(prefix, lines, digits):
         labels_, levels_ = codec.decode_batch(lines, bpp)
-        levels_ = _binary(levels_, bpp)
+        levels_ = codec.binarize(levels_, bpp)
         pred = predict_logits(clf, levels_).argmax(-1).cpu().numpy()
         res[f"{prefix}_conditional_accuracy"] = float((pred == np.asarray(digits)).mean())
         res[f"{prefix}_frechet"] = frechet_distance(features(clf, levels_), cache["test_feat"])
@@ -244,10 +244,3 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
     log(f"reranked: conditional accuracy {res['reranked_conditional_accuracy']:.4f}")
     res["seconds"] = timer.seconds
     return res
-
-
-def _binary(levels: np.ndarray, bpp: int) -> np.ndarray:
-    """Gray levels -> the binary images the classifiers read (bpp 1: unchanged)."""
-    if bpp == 1:
-        return levels
-    return (levels >= (1 << (bpp - 1))).astype(np.uint8)

@@ -144,9 +144,7 @@ def rerank(digit: int, lines: list[str], classifier, keep: int, temperature: flo
     """Score candidates by the classifier's p(digit | image) at `temperature`, keep the best
     `keep` distinct images."""
     from .classifier import probs
-    _, levels = codec.decode_batch(lines, bpp)
-    if bpp > 1:   # the classifier reads binary images
-        levels = (levels >= (1 << (bpp - 1))).astype(np.uint8)
+    levels = codec.binarize(codec.decode_batch(lines, bpp)[1], bpp)
     p = probs(classifier, levels, temperature)[:, digit].cpu().numpy()
     order = np.argsort(-p, kind="stable")
     kept, seen = [], set()
