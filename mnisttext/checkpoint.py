@@ -133,6 +133,12 @@ def tie_restore(model: torch.nn.Module, tensors: dict) -> dict:
     return full
 
 
+def load_weights(model: torch.nn.Module, d: Path) -> None:
+    """Load d/model.safetensors into model (tied duplicates restored), never unpickling."""
+    tensors = read_tensors(d / "model.safetensors")
+    load_state_dict(model, tie_restore(model, tensors), d / "model.safetensors")
+
+
 def load_model(path, device="cpu"):
     """checkpoint dir -> (model in eval mode, GPTConfig, tokenizer)."""
     from . import tokenizer as tk
@@ -143,8 +149,7 @@ def load_model(path, device="cpu"):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{d / 'config.json'}: not a model config ({e})") from None
     model = build_model(config)
-    tensors = read_tensors(d / "model.safetensors")
-    load_state_dict(model, tie_restore(model, tensors), d / "model.safetensors")
+    load_weights(model, d)
     try:
         tok = tk.load(d / "tokenizer.json")
     except ValueError as e:

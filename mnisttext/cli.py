@@ -206,14 +206,13 @@ def cmd_generate(args) -> int:
         t_total += dt
         best = [lines[i] for i in r.kept]
         kept_lines += best
-        from .codec import decode_batch
         if args.show_all:
             marks = np.zeros(len(lines), dtype=bool)
             marks[r.kept] = True
-            render.save_grid(decode_batch(lines, bpp)[1], img_dir / f"{d}.png", bpp,
+            render.save_grid(codec.decode_batch(lines, bpp)[1], img_dir / f"{d}.png", bpp,
                              cols=args.cols, scale=args.scale, marks=marks)
         else:
-            render.save_grid(decode_batch(best, bpp)[1], img_dir / f"{d}.png", bpp,
+            render.save_grid(codec.decode_batch(best, bpp)[1], img_dir / f"{d}.png", bpp,
                              cols=args.cols, scale=args.scale)
         if args.gif:
             render.save_generation_gif(best, img_dir / f"{d}.gif", bpp, cols=args.cols)
@@ -221,8 +220,7 @@ def cmd_generate(args) -> int:
                       f"p(digit) {r.scores[r.kept].min():.3f}..{r.scores[r.kept].max():.3f} "
                       f"-> {img_dir / f'{d}.png'}")
     if len(digits) > 1 and not args.show_all:     # one picture of every kept line, a row per digit
-        from .codec import decode_batch
-        render.save_grid(decode_batch(kept_lines, bpp)[1], img_dir / "grid.png", bpp,
+        render.save_grid(codec.decode_batch(kept_lines, bpp)[1], img_dir / "grid.png", bpp,
                          cols=args.keep, scale=args.scale)
     text = "\n".join(kept_lines) + "\n"
     if args.out:
@@ -236,7 +234,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_complete(args) -> int:
-    import numpy as np
     from . import checkpoint, codec, data, render, sample
     from . import tokenizer as tk
     from .progress import console

@@ -160,7 +160,6 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
                         reference_cache: dict | None = None) -> dict:
     """Every number of the evaluation for one character-model checkpoint, as a flat dict."""
     from . import checkpoint, codec, data, sample
-    from . import tokenizer as tk
     from .classifier import features, load_classifier, predict_logits
     log = log or (lambda s: None)
     timer = Timer()

@@ -4,8 +4,6 @@
 """
 from __future__ import annotations
 
-import sys
-
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -66,10 +64,3 @@ def table(title: str, columns: list[str], rows: list[list]) -> None:
 def error(msg: str) -> None:
     console.print(f"[red]error:[/red] {escape(msg)}", highlight=False, soft_wrap=True)
 
-
-def warn(msg: str) -> None:
-    console.print(f"[yellow]{escape(msg)}[/yellow]", highlight=False, soft_wrap=True)
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

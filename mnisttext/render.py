@@ -38,7 +38,7 @@ def grid_tensor(levels: np.ndarray, bpp: int = 1, cols: int = 8, scale: int = 2,
 def save_grid(levels: np.ndarray, path, bpp: int = 1, cols: int = 8, scale: int = 2,
               marks: np.ndarray | None = None) -> None:
     """One grid image. `marks` (N,) bool: draw those cells with a green frame (kept candidates)."""
-    from torchvision.utils import save_image
+    from torchvision.utils import make_grid, save_image
     t = upscale(levels_to_tensor(levels, bpp), scale).repeat(1, 3, 1, 1)
     if marks is not None:
         t = torch.nn.functional.pad(t, (2, 2, 2, 2), value=0.0)
@@ -47,7 +47,6 @@ def save_grid(levels: np.ndarray, path, bpp: int = 1, cols: int = 8, scale: int 
         green = torch.tensor([0.1, 0.8, 0.2])[:, None, None].expand_as(t[0])
         for i in np.flatnonzero(marks):
             t[i] = torch.where(frame[i], green, t[i])
-    from torchvision.utils import make_grid
     save_image(make_grid(t, nrow=cols, padding=2, pad_value=0.5), str(path))
 
 

@@ -10,7 +10,6 @@ Vocabulary (ids are fixed, the model and the sampler rely on them):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +60,3 @@ def encode_corpus(tok: Tokenizer, lines: list[str]) -> np.ndarray:
 def decode_ids(tok: Tokenizer, ids) -> str:
     return tok.decode(list(map(int, ids)), skip_special_tokens=True)
 
-
-def vocab_json(tok: Tokenizer) -> str:
-    return json.dumps(tok.get_vocab(), sort_keys=True)

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -192,8 +191,7 @@ def save_run_checkpoint(path, model, config, tok, opt=None, state: State | None 
 
 def load_run_state(path, model, opt):
     d = checkpoint.resolve(path)
-    tensors = checkpoint.read_tensors(d / "model.safetensors")
-    checkpoint.load_state_dict(model, checkpoint.tie_restore(model, tensors), d / "model.safetensors")
+    checkpoint.load_weights(model, d)
     meta = checkpoint.read_json(d / "state.json")
     stens = checkpoint.read_tensors(d / "state.safetensors")
     try:
@@ -244,7 +242,7 @@ def train(cfg: dict, reporter=None) -> dict:
     model = build_model(config).to(device)
     opt = make_optimizer(model, cfg)
     state = State()
-    if cfg["resume"] and (out / "last").exists() or (out / "last.old").exists() and cfg["resume"]:
+    if cfg["resume"] and ((out / "last").exists() or (out / "last.old").exists()):
         state, saved = load_run_state(out / "last", model, opt)
         if saved:   # the schedule must be the one the run started with
             for k in ("lr", "batch_size", "epochs", "max_steps", "minutes", "schedule",
