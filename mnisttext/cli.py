@@ -35,7 +35,8 @@ def cmd_export(args) -> int:
             prog.update(tasks[split], completed=done)
 
         sums = data.export(args.data_root, args.out, dataset=args.dataset, bpp=args.bpp,
-                           download=args.download, progress=report)
+                           download=args.download, progress=report, binarize=args.binarize,
+                           binarize_seed=args.binarize_seed)
     dt = time.perf_counter() - t0
     for name, h in sums.items():
         console.print(f"{Path(args.out) / name}  sha256 {h}")
@@ -179,6 +180,7 @@ def add_sampling_args(p, candidates_help="candidates per digit"):
 def cmd_generate(args) -> int:
     import numpy as np
     from . import checkpoint, codec, render, sample
+    from . import tokenizer as tk
     from .classifier import load_classifier
     from .progress import console
     digits = parse_digits(args.digits)
@@ -188,8 +190,9 @@ def cmd_generate(args) -> int:
     if not 1 <= args.keep <= args.candidates:
         raise UsageError(f"--keep must be in 1..{args.candidates} (the candidates), got {args.keep}")
     device = resolve_device(args.device)
-    model, config, _ = checkpoint.load_model(args.checkpoint, device)
+    model, config, tok = checkpoint.load_model(args.checkpoint, device)
     model = sample.for_sampling(model, args.dtype)
+    grammar = tk.Grammar.of(tok)
     clf, _ = load_classifier(args.classifier, device)
     bpp = codec.bpp_of_length(config.block_size)
     settings = sample.SampleSettings(args.temperature, args.top_k, args.top_p, not args.no_cache, bpp)
@@ -199,8 +202,9 @@ def cmd_generate(args) -> int:
     for d in digits:
         t0 = time.perf_counter()
         gen = sample.make_generator(args.seed * 100 + d, device)
-        tokens = sample.generate(model, [d], args.candidates, gen, settings, device, "fp32")
-        lines = sample.tokens_to_lines(tokens)
+        tokens = sample.generate(model, [d], args.candidates, gen, settings, device, "fp32",
+                                 grammar=grammar)
+        lines = sample.tokens_to_lines(tokens, grammar)
         r = sample.rerank(d, lines, clf, args.keep, args.classifier_temperature, bpp)
         dt = time.perf_counter() - t0
         t_total += dt
@@ -241,6 +245,7 @@ def cmd_complete(args) -> int:
     device = resolve_device(args.device)
     model, config, tok = checkpoint.load_model(args.checkpoint, device)
     model = sample.for_sampling(model, args.dtype)
+    grammar = tk.Grammar.of(tok)
     bpp = codec.bpp_of_length(config.block_size)
     if args.lines:
         sources = args.lines
@@ -262,8 +267,9 @@ def cmd_complete(args) -> int:
         label, original = codec.decode(line, bpp)
         prefix = tk.encode_lines(tok, [line[:1 + keep]])[0]
         gen = sample.make_generator(args.seed * 100 + j, device)
-        tokens = sample.generate(model, prefix, args.samples, gen, settings, device, "fp32")
-        lines = sample.tokens_to_lines(tokens)
+        tokens = sample.generate(model, prefix, args.samples, gen, settings, device, "fp32",
+                                 grammar=grammar)
+        lines = sample.tokens_to_lines(tokens, grammar)
         out_lines += lines
         given = codec.decode_partial(line[1:1 + keep], bpp)
         rows.append((given, codec.decode_batch(lines, bpp)[1], original))
@@ -296,6 +302,10 @@ EVAL_ROWS = [
     ("raw T=1.0 NN Hamming median", "raw_t1_nn_hamming_median"),
     ("reranked copies of train", "reranked_copy_rate"),
     ("params", "params"),
+    ("format bits per pixel", "bpp"),
+    ("vocabulary", "vocab_size"),
+    ("tokens per image (test)", "tokens_per_image"),
+    ("generate 64 + rerank, s/digit", "rerank_seconds_per_digit"),
 ]
 
 
@@ -306,13 +316,16 @@ def cmd_eval(args) -> int:
     names = args.names.split(",") if args.names else [str(c) for c in checkpoints]
     if len(names) != len(checkpoints):
         raise UsageError(f"--names has {len(names)} entries for {len(checkpoints)} checkpoints")
+    corpora = args.corpora.split(",") if args.corpora else [args.corpus] * len(checkpoints)
+    if len(corpora) != len(checkpoints):
+        raise UsageError(f"--corpora has {len(corpora)} entries for {len(checkpoints)} checkpoints")
     device = resolve_device(args.device)
     shared: dict = {}
     results = []
-    for ck in checkpoints:
-        console.print(f"evaluating {ck}")
+    for ck, corpus in zip(checkpoints, corpora):
+        console.print(f"evaluating {ck} on {corpus}")
         results.append(evaluate.evaluate_checkpoint(
-            ck, args.corpus, args.classifier, args.eval_classifier, args.samples_per_class,
+            ck, corpus, args.classifier, args.eval_classifier, args.samples_per_class,
             gen_class_images=args.gen_class_images, seed=args.seed, device=device,
             dtype=args.dtype, log=lambda m: console.print("  " + m), reference_cache=shared))
     if args.json:
@@ -389,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="corpus", help="output directory")
     e.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or kmnist")
     e.add_argument("--bpp", type=int, default=1, help="bits per pixel (1 = binary)")
+    e.add_argument("--binarize", choices=["threshold", "dynamic"], default="threshold",
+                   help="threshold: pixel >= 128 is on (the format); dynamic: on with "
+                        "probability x/255, drawn once per split from --binarize-seed")
+    e.add_argument("--binarize-seed", type=int, default=0, help="seed of the dynamic draw")
     e.set_defaults(func=cmd_export)
 
     d = sub.add_parser("decode", help="lines -> PNG images",
@@ -443,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--compare", nargs="+", help="evaluate several checkpoints side by side")
     v.add_argument("--names", default=None, help="comma-separated column names for --compare")
     v.add_argument("--corpus", default="corpus", help="directory with train.txt and test.txt")
+    v.add_argument("--corpora", default=None,
+                   help="comma-separated corpus per --compare checkpoint (e.g. a 4-bit or a "
+                        "dynamically binarized one); default --corpus for all")
     v.add_argument("--classifier", default=DEFAULT_CLASSIFIER, help="the reranker")
     v.add_argument("--eval-classifier", default="checkpoints/eval_classifier",
                    help="the independent classifier that grades samples")

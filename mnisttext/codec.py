@@ -23,6 +23,7 @@ SYMBOL_BITS = 6
 ALPHABET_START = 58           # ord(':')
 ALPHABET_SIZE = 1 << SYMBOL_BITS
 SYMBOLS = "".join(chr(ALPHABET_START + v) for v in range(ALPHABET_SIZE))   # ':' .. 'y'
+SYMBOL_SET = frozenset(SYMBOLS)
 END = ")"
 DIGITS = "0123456789"
 MAX_BPP = 6

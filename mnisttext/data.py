@@ -60,16 +60,30 @@ def atomic_write_bytes(path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def stochastic_binarize(images: np.ndarray, seed) -> np.ndarray:
+    """Each pixel on with probability x/255 (the literature's dynamically binarized MNIST),
+    drawn from a generator seeded with `seed` (an int or a list of ints) -> 0/255 uint8."""
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(images.shape, dtype=np.float32) * 255 < images, 255, 0).astype(np.uint8)
+
+
 def export(root, out_dir, dataset: str = "mnist", bpp: int = 1, download: bool = False,
-           progress=None) -> dict:
+           progress=None, binarize: str = "threshold", binarize_seed: int = 0) -> dict:
     """Write out_dir/{train,test}.txt and out_dir/SHA256SUMS. Returns {file name: sha256}.
 
-    `progress(split, done, total)` is called as chunks are encoded (the CLI draws it)."""
+    binarize "dynamic" draws each pixel as Bernoulli(x/255) with a fixed seed per split (bpp 1)
+    instead of thresholding. `progress(split, done, total)` is called as chunks are encoded."""
+    if binarize not in ("threshold", "dynamic"):
+        raise DataError(f"unknown binarization {binarize!r} (threshold or dynamic)")
+    if binarize == "dynamic" and bpp != 1:
+        raise DataError("dynamic binarization draws 1-bit pixels; it takes --bpp 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sums = {}
     for split in SPLITS:
         images, labels = load_images(root, split == "train", dataset, download)
+        if binarize == "dynamic":
+            images = stochastic_binarize(images, [binarize_seed, SPLITS.index(split)])
         parts, chunk = [], 10_000
         for s in range(0, len(images), chunk):
             parts.append(codec.encode_bytes(images[s:s + chunk], labels[s:s + chunk], bpp))
@@ -95,9 +109,21 @@ def read_lines(path) -> list[str]:
     return path.read_text(encoding="ascii", errors="strict").splitlines()
 
 
+def dynamic_epoch_lines(images: np.ndarray, labels: np.ndarray, seed: int, epoch: int) -> list[str]:
+    """The training lines of one epoch under dynamic binarization: a fresh draw per epoch,
+    the same draw for the same (seed, epoch), so a resumed run sees what it would have seen."""
+    bits = stochastic_binarize(images, [seed, 1000 + epoch])
+    return codec.encode_bytes(bits, labels, 1).decode("ascii").splitlines()
+
+
 def load_split(corpus_dir, split: str, tok, limit: int | None = None) -> np.ndarray:
-    """corpus_dir/<split>.txt -> (N, L) uint8 token ids via the tokenizer. Every line is checked."""
+    """corpus_dir/<split>.txt -> (N, L) token ids via the tokenizer (see tokenizer.encode_corpus)."""
     from . import tokenizer as tk
+    return tk.encode_corpus(tok, read_split(corpus_dir, split, limit))
+
+
+def read_split(corpus_dir, split: str, limit: int | None = None) -> list[str]:
+    """corpus_dir/<split>.txt -> its lines, every one checked (one bpp, well-formed)."""
     path = Path(corpus_dir) / f"{split}.txt"
     lines = read_lines(path)[:limit]
     if not lines:
@@ -111,4 +137,4 @@ def load_split(corpus_dir, split: str, tok, limit: int | None = None) -> np.ndar
     if errors:
         i, msg = errors[0]
         raise DataError(f"{path}:{i + 1}: {msg}")
-    return tk.encode_corpus(tok, lines)
+    return lines

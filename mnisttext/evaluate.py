@@ -35,20 +35,26 @@ def bf16_supported(device) -> bool:
 @torch.inference_mode()
 def token_logprobs(model, tokens: torch.Tensor, batch_size: int = 256, device="cpu",
                    dtype: str = "auto") -> torch.Tensor:
-    """(N, L) token ids -> (N, L-1) log p(token t | tokens < t), in float32."""
+    """(N, L) token ids -> (N, L-1) log p(token t | tokens < t), in float32; 0 at <pad>."""
+    from .tokenizer import PAD_ID
     out = []
     for s in range(0, len(tokens), batch_size):
         x = tokens[s:s + batch_size].to(device, torch.long)
         with autocast(device, dtype):
             logits, _ = model(x[:, :-1])
         lp = F.log_softmax(logits.float(), dim=-1)
-        out.append(lp.gather(-1, x[:, 1:, None]).squeeze(-1).cpu())
+        lp = lp.gather(-1, x[:, 1:, None]).squeeze(-1)                   # (B, L-1)
+        out.append(lp.masked_fill(x[:, 1:] == PAD_ID, 0.0).cpu())
     return torch.cat(out) if out else torch.zeros(0, tokens.shape[1] - 1)
 
 
 def nll_per_image(model, tokens: torch.Tensor, batch_size: int = 256, device="cpu",
                   dtype: str = "auto") -> np.ndarray:
-    """Negative log-likelihood in nats of each line given its class digit (symbols + ')')."""
+    """Negative log-likelihood in nats of each line given its class digit (symbols + ')').
+
+    With BPE tokens this is the NLL of the line's own tokenization: the sum over its tokens, so
+    per image like the character model's (an upper bound on -log p(image), as the model could
+    also spell the image with other token sequences)."""
     return (-token_logprobs(model, tokens, batch_size, device, dtype).sum(1)).numpy()
 
 
@@ -160,19 +166,24 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
                         reference_cache: dict | None = None) -> dict:
     """Every number of the evaluation for one character-model checkpoint, as a flat dict."""
     from . import checkpoint, codec, data, sample
+    from . import tokenizer as tk
     from .classifier import features, load_classifier, predict_logits
     log = log or (lambda s: None)
     timer = Timer()
     model, config, tok = checkpoint.load_model(model_dir, device)
+    grammar = tk.Grammar.of(tok)
     bpp = codec.bpp_of_length(config.block_size)
-    res = {"checkpoint": str(model_dir), "arch": config.arch, "params": model.num_params(),
-           "bpp": bpp}
-    cache = reference_cache if reference_cache is not None else {}
+    res = {"checkpoint": str(model_dir), "corpus": str(corpus_dir), "arch": config.arch,
+           "params": model.num_params(), "bpp": bpp, "vocab_size": config.vocab_size}
+    # reference statistics are per corpus (a 4-bit or a dynamically binarized one differs)
+    shared = reference_cache if reference_cache is not None else {}
+    cache = shared.setdefault(str(Path(corpus_dir).resolve()), {})
 
     with timer("test_nll"):
         test_tokens = torch.from_numpy(data.load_split(corpus_dir, "test", tok))
         nll = nll_per_image(model, test_tokens, device=device, dtype=dtype)
     res.update(test_nll_nats=float(nll.mean()), test_nll_images=len(nll),
+               tokens_per_image=float((test_tokens != tk.PAD_ID).sum() / len(test_tokens)),
                test_bits_per_pixel=nats_to_bits_per_pixel(float(nll.mean())))
     log(f"test NLL {nll.mean():.2f} nats/image")
 
@@ -220,8 +231,9 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
             for d in range(10):
                 gen = sample.make_generator(seed * 100 + d, device)
                 st = sample.SampleSettings(temperature=temp, bpp=bpp)
-                toks = sample.generate(sampler, [d], samples_per_class, gen, st, device, "fp32")
-                lines += sample.tokens_to_lines(toks)
+                toks = sample.generate(sampler, [d], samples_per_class, gen, st, device, "fp32",
+                                       grammar=grammar)
+                lines += sample.tokens_to_lines(toks, grammar)
                 digits += [d] * samples_per_class
         with timer(f"stats_{name}"):
             sample_stats(name, lines, digits)
@@ -233,11 +245,13 @@ def evaluate_checkpoint(model_dir, corpus_dir="corpus", classifier_dir="checkpoi
         for d in range(10):
             gen = sample.make_generator(seed * 100 + d, device)
             toks = sample.generate(sampler, [d], rerank_candidates, gen,
-                                   sample.SampleSettings(temperature=0.8, bpp=bpp), device, "fp32")
-            cand = sample.tokens_to_lines(toks)
+                                   sample.SampleSettings(temperature=0.8, bpp=bpp), device, "fp32",
+                                   grammar=grammar)
+            cand = sample.tokens_to_lines(toks, grammar)
             r = sample.rerank(d, cand, reranker, rerank_keep, 0.8, bpp)
             lines += [cand[i] for i in r.kept]
             digits += [d] * len(r.kept)
+    res["rerank_seconds_per_digit"] = timer.seconds["sample_reranked"] / 10
     with timer("stats_reranked"):
         sample_stats("reranked", lines, digits)
     log(f"reranked: conditional accuracy {res['reranked_conditional_accuracy']:.4f}")

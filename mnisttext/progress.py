@@ -33,8 +33,8 @@ class TrainReporter:
         total = total_seconds if total_seconds else total_steps
         self.task = self.progress.add_task("train", total=total, info="")
 
-    def step(self, state, loss, lr, tok_per_s):
-        info = (f"step {state.step} loss {loss:.4f} ({loss * 151:.1f} nats/img) lr {lr:.2e} "
+    def step(self, state, loss, nats_per_image, lr, tok_per_s):
+        info = (f"step {state.step} loss {loss:.4f} ({nats_per_image:.1f} nats/img) lr {lr:.2e} "
                 f"{tok_per_s:,.0f} tok/s")
         done = state.train_seconds if self.budget else state.step
         self.progress.update(self.task, completed=done, info=info)

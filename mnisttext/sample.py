@@ -3,8 +3,8 @@
     python cli.py generate --digits 0-9                 # 64 candidates each, best 8 kept
     python cli.py complete --indices 0,1,2 --rows 14     # finish half-drawn test digits
 
-Every generated line is well-formed by construction: positions 1..150 may only be symbols and
-position 151 is ')'. The class prefix is run through the model once and its cache is then
+Every generated line is well-formed by construction: the body may only be symbols (or BPE runs
+of them) that spell exactly 150*bpp symbols, then ')'. The class prefix is run through the model once and its cache is then
 copied to all candidates.
 """
 from __future__ import annotations
@@ -44,13 +44,6 @@ def sample_next_token(logits: torch.Tensor, generator: torch.Generator | None = 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def symbol_mask(vocab_size: int, device=None) -> torch.Tensor:
-    """(V,) bool: True for the 64 symbol tokens, the only ones allowed at positions 1..150."""
-    m = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    m[tk.SYMBOL_OFFSET:tk.SYMBOL_OFFSET + codec.ALPHABET_SIZE] = True
-    return m
-
-
 @dataclass
 class SampleSettings:
     temperature: float = 0.8
@@ -81,19 +74,29 @@ def for_sampling(model, dtype: str = "auto"):
 @torch.inference_mode()
 def generate(model, prefix: list[int], n: int, generator: torch.Generator,
              settings: SampleSettings = SampleSettings(), device="cpu", dtype: str = "fp32",
-             on_step=None) -> torch.Tensor:
-    """Complete `prefix` (class digit, then any symbols) into n full lines -> (n, L) token ids.
+             on_step=None, grammar: tk.Grammar | None = None) -> torch.Tensor:
+    """Complete `prefix` (class digit, then tokens of the first symbols) into n full lines
+    -> (n, L) token ids; with BPE tokens, lines end at different places and <pad> follows ')'.
 
-    on_step(t, tokens) is called after position t is filled (for GIFs)."""
+    Constrained decoding: a row may only take body tokens that fit in its remaining symbols, and
+    once its 150*bpp symbols are spelled, ')' and then <pad>. on_step(t, tokens) is called after
+    position t is filled."""
     n_sym = codec.n_symbols(settings.bpp)
-    L = n_sym + 2
-    if not 1 <= len(prefix) <= L - 1:
-        raise ValueError(f"prefix must hold 1..{L - 1} tokens, got {len(prefix)}")
+    grammar = grammar or tk.Grammar.character()
     device = torch.device(device)
-    out = torch.empty(n, L, dtype=torch.long, device=device)
+    sym_len = torch.as_tensor(grammar.sym_len, device=device)                  # (V,)
+    body = sym_len > 0
+    if not prefix or not 0 <= prefix[0] <= 9 or not all(body[i] for i in prefix[1:]):
+        raise ValueError("prefix must be a class digit followed by body tokens")
+    given = int(sym_len[prefix[1:]].sum())
+    if given >= n_sym:
+        raise ValueError(f"prefix spells {given} symbols; at most {n_sym - 1} may be given")
+    L = len(prefix) + (n_sym - given) + 1        # the longest a line can get: 1 symbol a token
+    out = torch.full((n, L), tk.PAD_ID, dtype=torch.long, device=device)
     out[:, :len(prefix)] = torch.tensor(prefix, device=device)
-    out[:, -1] = tk.END_ID
-    allowed = symbol_mask(model.config.vocab_size, device)
+    remaining = torch.full((n,), n_sym - given, dtype=torch.long, device=device)
+    ended = torch.zeros(n, dtype=torch.bool, device=device)
+    rows = torch.arange(n, device=device)
     x = torch.tensor([prefix], device=device)                            # (1, P)
     with _autocast(device, dtype):
         if settings.use_cache:
@@ -103,27 +106,39 @@ def generate(model, prefix: list[int], n: int, generator: torch.Generator,
             logits = logits[:, -1].expand(n, -1)                         # (n, V)
         else:
             logits = model(x)[0][:, -1].expand(n, -1)
-        for t in range(len(prefix), L - 1):
+        t = len(prefix)
+        while True:
+            fin = remaining == 0                 # spelled out: ')' now, <pad> after it
+            allowed = body & (sym_len <= remaining[:, None])                    # (n, V)
+            if fin.any():
+                allowed[fin] = False
+                allowed[rows[fin], torch.where(ended[fin], tk.PAD_ID, tk.END_ID)] = True
             logits = logits.float().masked_fill(~allowed, float("-inf"))
             tok = sample_next_token(logits, generator, settings.temperature, settings.top_k,
                                     settings.top_p)                     # (n,)
             out[:, t] = tok
+            remaining -= sym_len[tok]
+            ended |= fin
             if on_step:
                 on_step(t, out)
-            if t == L - 2:
-                break           # the last position is ')' by construction
+            t += 1
+            if bool((remaining == 0).all()):   # the rest is ')' (or <pad>), nothing to sample
+                out[:, t] = torch.where(ended, tk.PAD_ID, tk.END_ID)
+                break
             if settings.use_cache:
                 logits, _ = model(tok[:, None], kv_cache=cache)          # (n, 1, V)
             else:
-                logits, _ = model(out[:, :t + 1])                        # (n, t+1, V)
+                logits, _ = model(out[:, :t])                            # (n, t, V)
             logits = logits[:, -1]
-    return out
+    return out[:, :t + 1]
 
 
-def tokens_to_lines(tokens: torch.Tensor) -> list[str]:
-    """(N, L) ids of well-formed lines -> text (vectorized; equals the tokenizer's decode)."""
+def tokens_to_lines(tokens: torch.Tensor, grammar: tk.Grammar | None = None) -> list[str]:
+    """(N, L) ids of well-formed lines -> text (equals the tokenizer's decode)."""
+    if grammar is not None and not grammar.is_character:
+        return [grammar.decode(r) for r in tokens.cpu().tolist()]
     table = np.frombuffer("".join(tk.VOCAB[:tk.PAD_ID]).encode("ascii"), dtype=np.uint8)
-    arr = table[tokens.cpu().numpy()]
+    arr = table[tokens.cpu().numpy()]      # one character per token: vectorized
     return [r.tobytes().decode("ascii") for r in arr]
 
 

@@ -1,15 +1,21 @@
-"""Character-level tokenizer, built with HF `tokenizers` and saved as tokenizer.json.
+"""Tokenizers, built with HF `tokenizers` and saved as tokenizer.json: one token per character
+(the default), or BPE tokens learned on the corpus (the patch-codebook variant).
 
     python -c "from mnisttext.tokenizer import build; build().save('tokenizer.json')"
+    python cli.py train --tokenizer bpe --bpe-vocab 512      # learns the merges on corpus/train.txt
 
 Vocabulary (ids are fixed, the model and the sampler rely on them):
   0-9    the class digits '0'..'9'
   10-73  the 64 symbols ':'..'y' (symbol value v has id 10 + v)
   74     ')' the end mark
-  75     <pad>, for batches of unequal length (learned-token variants); never in a corpus line
+  75     <pad>, for batches of unequal length (BPE lines); never in a corpus line
+  76...  BPE only: runs of symbols learned from the corpus (e.g. a blank row '::::::')
+A BPE line is its class digit, body tokens that spell exactly the image's symbols, then ')'.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,70 @@ def build() -> Tokenizer:
     return tok
 
 
+BODY_PATTERN = Regex(f"[{codec.SYMBOLS[0]}-{codec.SYMBOLS[-1]}]+")
+
+
+def train_bpe(lines: list[str], vocab_size: int = 512) -> Tokenizer:
+    """BPE over the image bodies: the character vocabulary (same ids) plus learned symbol runs.
+
+    Merges never cross the class digit or ')': the pre-tokenizer isolates the body."""
+    from tokenizers import trainers
+    if vocab_size <= VOCAB_SIZE:
+        raise ValueError(f"BPE vocab size must exceed the {VOCAB_SIZE} character tokens, got {vocab_size}")
+    learner = Tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - VOCAB_SIZE + codec.ALPHABET_SIZE,
+                                  initial_alphabet=list(codec.SYMBOLS), show_progress=False,
+                                  min_frequency=2)
+    learner.train_from_iterator((l[1:1 + codec.n_symbols(codec.bpp_of_length(len(l)))]
+                                 for l in lines), trainer)
+    learned = json.loads(learner.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    vocab = {c: i for i, c in enumerate(VOCAB)}
+    for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece, len(vocab))
+    tok = Tokenizer(models.BPE(vocab, merges))
+    tok.pre_tokenizer = pre_tokenizers.Split(BODY_PATTERN, behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([PAD])
+    return tok
+
+
+@dataclass
+class Grammar:
+    """What a well-formed line allows, per token id: the sampler and the loaders need it.
+
+    sym_len[i] is how many image symbols token i spells (0 for digits, ')' and <pad>)."""
+    sym_len: np.ndarray
+    strings: list[str]
+
+    @classmethod
+    def of(cls, tok: Tokenizer) -> "Grammar":
+        vocab = tok.get_vocab()
+        strings = [""] * len(vocab)
+        for piece, i in vocab.items():
+            strings[i] = "" if piece == PAD else piece
+        sym_len = np.array([len(s) if s and all(c in codec.SYMBOL_SET for c in s) else 0
+                            for s in strings], dtype=np.int64)
+        return cls(sym_len, strings)
+
+    @classmethod
+    def character(cls) -> "Grammar":
+        global _CHARACTER
+        if _CHARACTER is None:
+            _CHARACTER = cls.of(build())
+        return _CHARACTER
+
+    @property
+    def is_character(self) -> bool:
+        return len(self.strings) == VOCAB_SIZE
+
+    def decode(self, ids) -> str:
+        return "".join(self.strings[int(i)] for i in ids)
+
+
+_CHARACTER: Grammar | None = None
+
+
 def load(path) -> Tokenizer:
     path = Path(path)
     try:
@@ -52,9 +122,15 @@ def encode_lines(tok: Tokenizer, lines: list[str]) -> list[list[int]]:
 
 
 def encode_corpus(tok: Tokenizer, lines: list[str]) -> np.ndarray:
-    """Equal-length lines -> (N, L) uint8 ids, via the tokenizer (Rust, batched)."""
+    """Lines -> (N, L) ids via the tokenizer (Rust, batched); BPE lines, whose token counts
+    differ, are padded with <pad> to the longest."""
     ids = encode_lines(tok, lines)
-    return np.asarray(ids, dtype=np.uint8)
+    L = max(map(len, ids))
+    dtype = np.uint8 if tok.get_vocab_size() <= 256 else np.int16
+    out = np.full((len(ids), L), PAD_ID, dtype=dtype)
+    for r, row in enumerate(ids):
+        out[r, :len(row)] = row
+    return out
 
 
 def decode_ids(tok: Tokenizer, ids) -> str:

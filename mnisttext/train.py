@@ -38,7 +38,7 @@ RECIPES = {
                     grad_clip=1.0),
     # the shipped model: a wider net for as long as the budget allows (use --minutes on a CPU)
     "flagship": dict(preset="flagship", train_limit=None, epochs=10.0, optimizer="adamw",
-                     lr=1.5e-3, schedule="cosine", warmup_steps=200, batch_size=64,
+                     lr=2e-3, schedule="cosine", warmup_steps=200, batch_size=32,
                      weight_decay=0.1, grad_clip=1.0),
 }
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_embd", "dropout", "bit_embed")
@@ -58,6 +58,14 @@ def add_args(p):
     p.add_argument("--dropout", type=float, help="dropout probability")
     p.add_argument("--bit-embed", action=argparse.BooleanOptionalAction, default=None,
                    help="add an embedding of each symbol's 6 pixel bits to its token embedding")
+    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
+                   help="one token per character, or BPE tokens learned on the training lines")
+    p.add_argument("--bpe-vocab", type=int, default=512, help="BPE vocabulary size (with --tokenizer bpe)")
+    p.add_argument("--binarize", choices=["threshold", "dynamic"], default="threshold",
+                   help="dynamic: redraw the training pixels as Bernoulli(x/255) every epoch from the "
+                        "MNIST files in --data-root (test on `export --binarize dynamic` lines)")
+    p.add_argument("--data-root", default="data", help="torchvision dataset root (--binarize dynamic)")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or kmnist (--binarize dynamic)")
     p.add_argument("--train-limit", type=int, help="use only the first N training lines")
     p.add_argument("--epochs", type=float, help="passes over the training lines")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -206,7 +214,7 @@ class NullReporter:
     """What train() tells the outside world; the CLI passes a rich one (progress.py)."""
 
     def start(self, total_steps, total_seconds, cfg): pass
-    def step(self, state, loss, lr, tok_per_s): pass
+    def step(self, state, loss, nats_per_image, lr, tok_per_s): pass
     def eval(self, state, nll): pass
     def message(self, text): print(text, flush=True)
     def stop(self): pass
@@ -231,12 +239,30 @@ def train(cfg: dict, reporter=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     out = Path(cfg["out"])
 
-    tok = tk.build()
-    train_tokens = torch.from_numpy(data.load_split(cfg["corpus"], "train", tok, cfg["train_limit"]))
-    test_tokens = torch.from_numpy(data.load_split(cfg["corpus"], "test", tok))
+    test_lines = data.read_split(cfg["corpus"], "test")
+    dynamic = cfg.get("binarize") == "dynamic"
+    if dynamic:
+        images, labels = data.load_images(cfg["data_root"], True, cfg.get("dataset", "mnist"))
+        images, labels = images[:cfg["train_limit"]], labels[:cfg["train_limit"]]
+        train_lines = data.dynamic_epoch_lines(images, labels, cfg["seed"], 0)
+    else:
+        train_lines = data.read_split(cfg["corpus"], "train", cfg["train_limit"])
+    if len(train_lines[0]) != len(test_lines[0]):
+        raise data.DataError(f"{cfg['corpus']}: train lines have {len(train_lines[0])} characters, "
+                             f"test lines {len(test_lines[0])}")
+    if cfg["resume"] and (out / "tokenizer.json").exists():
+        tok = tk.load(out / "tokenizer.json")        # a learned vocabulary must stay the same
+    elif cfg.get("tokenizer") == "bpe":
+        tok = tk.train_bpe(train_lines, cfg["bpe_vocab"])
+    else:
+        tok = tk.build()
+    encoded_epoch = 0
+    train_tokens = torch.from_numpy(tk.encode_corpus(tok, train_lines))
+    test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
     config = model_config(cfg, tok.get_vocab_size())
-    if config.block_size < train_tokens.shape[1]:
-        config.block_size = train_tokens.shape[1]
+    # room for the longest possible line: BPE lines are shorter, but one may spell every symbol
+    config.block_size = max(config.block_size, len(train_lines[0]))
+    del train_lines, test_lines
 
     torch.manual_seed(cfg["seed"])
     model = build_model(config).to(device)
@@ -334,13 +360,22 @@ def train(cfg: dict, reporter=None) -> dict:
         steps_this_run += 1
         t0 = time.perf_counter()
         epoch, k = divmod(state.step, steps_per_epoch)
+        if dynamic and epoch != encoded_epoch:
+            lines = data.dynamic_epoch_lines(images, labels, cfg["seed"], epoch)
+            train_tokens = torch.from_numpy(tk.encode_corpus(tok, lines))
+            encoded_epoch = epoch
         idx = epoch_order(cfg["seed"], epoch, n)[k * B:(k + 1) * B][rank::world]
         batch = train_tokens[idx].to(device, torch.long, non_blocking=True)
+        real = batch != tk.PAD_ID
+        if not real.all():      # BPE lines: trim to this batch's longest, ignore the padding
+            batch = batch[:, :int(real.sum(1).max())]
+            real = real[:, :batch.shape[1]]
+        targets = batch[:, 1:].masked_fill(~real[:, 1:], -1)
         lr = lr_at(cfg, state.step, progress())
         for g in opt.param_groups:
             g["lr"] = lr
         with evaluate.autocast(device, cfg["dtype"]):
-            _, loss = fwd_model(batch[:, :-1], batch[:, 1:])
+            _, loss = fwd_model(batch[:, :-1], targets)
         loss.backward()
         if cfg["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -351,16 +386,17 @@ def train(cfg: dict, reporter=None) -> dict:
         state.step += 1
         dt = time.perf_counter() - t0
         state.train_seconds += dt
-        ntok = batch.shape[0] * (batch.shape[1] - 1) * world
+        ntok = int(real[:, 1:].sum()) * world
         state.tokens += ntok
         tokens_log += ntok
         if master and (state.step % cfg["log_every"] == 0 or state.step == 1):
             l = loss.item()
             tps = tokens_log / (time.perf_counter() - t_log)
             t_log, tokens_log = time.perf_counter(), 0
-            reporter.step(state, l, lr, tps)
+            nats = l * float(real[:, 1:].sum()) / len(batch)
+            reporter.step(state, l, nats, lr, tps)
             log({"step": state.step, "epoch": state.step / steps_per_epoch, "loss": l,
-                 "nats_per_image": l * (batch.shape[1] - 1), "lr": lr, "tok_per_s": tps,
+                 "nats_per_image": nats, "lr": lr, "tok_per_s": tps,
                  "train_seconds": state.train_seconds})
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
