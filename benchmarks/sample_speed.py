@@ -35,9 +35,12 @@ def main():
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="autocast")
     a = ap.parse_args()
     torch.manual_seed(0)
+    grammar = None               # the checkpoint's own tokens (BPE lines are shorter)
     if a.checkpoint:
         from mnisttext.checkpoint import load_model
-        model, cfg, _ = load_model(a.checkpoint, a.device)
+        from mnisttext.tokenizer import Grammar
+        model, cfg, tok = load_model(a.checkpoint, a.device)
+        grammar = Grammar.of(tok)
     else:
         cfg = GPTConfig(**PRESETS[a.preset])
         model = GPT(cfg).to(a.device).eval()
@@ -48,13 +51,16 @@ def main():
     dtype = "bf16" if a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device)) else "fp32"
     model = sample.for_sampling(model, dtype)          # weights cast once, no autocast
 
+    steps = []
+
     def once(use_cache, seed):
         sync(a.device)
         t = time.perf_counter()
         gen = sample.make_generator(seed, a.device)
         st = sample.SampleSettings(temperature=0.8, use_cache=use_cache)
-        toks = sample.generate(model, [3], a.candidates, gen, st, a.device, "fp32")
-        lines = sample.tokens_to_lines(toks)
+        toks = sample.generate(model, [3], a.candidates, gen, st, a.device, "fp32", grammar=grammar)
+        steps.append(toks.shape[1] - 2)      # decode steps run (BPE: the longest candidate)
+        lines = sample.tokens_to_lines(toks, grammar)
         if clf is not None:
             sample.rerank(3, lines, clf, 8, 0.8)
         else:
@@ -68,9 +74,10 @@ def main():
     med, med_nc = statistics.median(cached), statistics.median(uncached)
     peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32, a.device)
     n = model.num_params()
-    tokens = a.candidates * codec.n_symbols(1)
+    tokens = a.candidates * statistics.median(steps)
     floor = 2 * n * tokens / peak
     res = {"preset": a.checkpoint or a.preset, "params": n, "candidates": a.candidates,
+           "decode_steps": statistics.median(steps),
            "dtype": dtype, "reranked": clf is not None, "median_s": med, "runs_s": cached,
            "no_cache_median_s": med_nc, "speedup_vs_no_cache": med_nc / med,
            "flop_floor_s": floor, "ratio_to_floor": med / floor, "peak_tflops": peak / 1e12,

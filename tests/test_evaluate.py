@@ -127,3 +127,21 @@ def test_eval_json_end_to_end(tiny_run, capsys):
     assert 0 <= res["generative_accuracy"] <= 1 and res["generative_accuracy_images"] == 20
     assert res["raw_t1_samples"] == 30 and res["reranked_samples"] == 80
     assert res["frechet_floor_train_vs_test"] >= 0 and "test_nll" in res["seconds"]
+
+
+def test_eval_compare_takes_a_corpus_per_checkpoint(tiny_run, tmp_path, capsys):
+    d, corpus = tiny_run
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "test"):      # a different test split: the NLL must follow it
+        lines = (corpus / f"{split}.txt").read_text().splitlines()
+        (other / f"{split}.txt").write_text("\n".join(lines[:len(lines) // 2]) + "\n")
+    best = str(d / "run" / "best")
+    assert cli.main(["eval", "--compare", best, best, "--names", "a,b", "--corpora",
+                     f"{corpus},{other}", "--samples-per-class", "2", "--gen-class-images",
+                     "10", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["a"]["test_nll_images"] == 60 and res["b"]["test_nll_images"] == 30
+    assert res["b"]["corpus"] == str(other) and res["a"]["tokens_per_image"] == 152
+    assert cli.main(["eval", "--compare", best, best, "--corpora", str(corpus)]) == 2
+    assert "--corpora has 1 entries for 2" in capsys.readouterr().err
