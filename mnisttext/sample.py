@@ -4,8 +4,8 @@
     python cli.py complete --indices 0,1,2 --rows 14     # finish half-drawn test digits
 
 Every generated line is well-formed by construction: the body may only be symbols (or BPE runs
-of them) that spell exactly 150*bpp symbols, then ')'. The class prefix is run through the model once and its cache is then
-copied to all candidates.
+of them) that spell exactly 150*bpp symbols, then ')'. The class prefix is run through the
+model once and its cache is then copied to all candidates.
 """
 from __future__ import annotations
 

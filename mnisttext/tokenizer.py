@@ -14,6 +14,7 @@ A BPE line is its class digit, body tokens that spell exactly the image's symbol
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +89,9 @@ class Grammar:
         return cls(sym_len, strings)
 
     @classmethod
+    @functools.cache
     def character(cls) -> "Grammar":
-        global _CHARACTER
-        if _CHARACTER is None:
-            _CHARACTER = cls.of(build())
-        return _CHARACTER
+        return cls.of(build())
 
     @property
     def is_character(self) -> bool:
@@ -100,9 +99,6 @@ class Grammar:
 
     def decode(self, ids) -> str:
         return "".join(self.strings[int(i)] for i in ids)
-
-
-_CHARACTER: Grammar | None = None
 
 
 def load(path) -> Tokenizer:
