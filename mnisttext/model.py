@@ -105,6 +105,19 @@ def symbol_bit_table(vocab_size: int) -> torch.Tensor:
     return t
 
 
+def causal_attention(q, k, v):
+    """softmax(q k^T / sqrt(hs) + causal mask) v, spelled out: (B, nh, T, hs) -> (B, nh, T, hs).
+
+    On CPU the fused flash kernel is slow for these short sequences: with its backward pass it
+    took 2x the time of this matmul-softmax-matmul on a 2-core laptop (1.47x more training
+    tokens/s for the whole model)."""
+    T, hs = q.shape[-2], q.shape[-1]
+    # scale q (T x hs) rather than the scores (T x T); an additive mask has a free backward
+    att = (q * (1.0 / math.sqrt(hs))) @ k.transpose(-2, -1)             # (B, nh, T, T)
+    future = torch.full((T, T), float("-inf"), dtype=att.dtype, device=q.device).triu(1)
+    return (att + future).softmax(-1) @ v                               # (B, nh, T, hs)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -126,7 +139,9 @@ class CausalSelfAttention(nn.Module):
             p = cache.pos
             k, v = cache.write(layer, k, v)                      # (B, nh, p+T, hs)
         drop = 0.0   # no dropout on attention weights: it forces the slow math kernel on CPU
-        if p == 0:
+        if p == 0 and T > 1 and x.device.type == "cpu":
+            y = causal_attention(q, k, v)                        # (B, nh, T, hs)
+        elif p == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=T > 1)
         elif T == 1:
             # One query per sequence: attend over the whole preallocated cache with the unwritten

@@ -50,6 +50,9 @@ def add_args(p):
     p.add_argument("--corpus", default="corpus", help="directory with train.txt and test.txt")
     p.add_argument("--out", default="runs/default", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--init-from", help="start from this checkpoint's weights, model config and "
+                                       "tokenizer (a fresh optimizer and schedule: fine-tuning, "
+                                       "or a second training stage)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="model size preset")
     p.add_argument("--arch", choices=["gpt", "gru"], help="model family")
     p.add_argument("--n-layer", type=int, help="layers")
@@ -250,8 +253,11 @@ def train(cfg: dict, reporter=None) -> dict:
     if len(train_lines[0]) != len(test_lines[0]):
         raise data.DataError(f"{cfg['corpus']}: train lines have {len(train_lines[0])} characters, "
                              f"test lines {len(test_lines[0])}")
+    init = checkpoint.load_model(cfg["init_from"]) if cfg.get("init_from") else None
     if cfg["resume"] and (out / "tokenizer.json").exists():
         tok = tk.load(out / "tokenizer.json")        # a learned vocabulary must stay the same
+    elif init is not None:
+        tok = init[2]
     elif cfg.get("tokenizer") == "bpe":
         tok = tk.train_bpe(train_lines, cfg["bpe_vocab"])
     else:
@@ -259,13 +265,16 @@ def train(cfg: dict, reporter=None) -> dict:
     encoded_epoch = 0
     train_tokens = torch.from_numpy(tk.encode_corpus(tok, train_lines))
     test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
-    config = model_config(cfg, tok.get_vocab_size())
+    if init is not None:    # the architecture is the checkpoint's; model flags cannot change it
+        config = init[1]
+    else:
+        config = model_config(cfg, tok.get_vocab_size())
     # room for the longest possible line: BPE lines are shorter, but one may spell every symbol
     config.block_size = max(config.block_size, len(train_lines[0]))
     del train_lines, test_lines
 
     torch.manual_seed(cfg["seed"])
-    model = build_model(config).to(device)
+    model = (init[0].train() if init is not None else build_model(config)).to(device)
     opt = make_optimizer(model, cfg)
     state = State()
     if cfg["resume"] and ((out / "last").exists() or (out / "last.old").exists()):
@@ -277,6 +286,10 @@ def train(cfg: dict, reporter=None) -> dict:
                     reporter.message(f"resume: keeping {k}={saved.get(k)!r} from the run "
                                      f"(asked {cfg.get(k)!r})")
                     cfg[k] = saved.get(k)
+            if "machine" in saved:   # when and where it started; each resume is added
+                cfg["machine"] = dict(saved["machine"])
+                cfg["machine"]["resumed"] = saved["machine"].get("resumed", []) + [
+                    {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": state.step}]
         reporter.message(f"resumed {out / 'last'} at step {state.step}")
     elif cfg["resume"]:
         reporter.message(f"no checkpoint in {out}/last: starting fresh")

@@ -4,7 +4,7 @@ import torch
 
 from mnisttext import codec, sample
 from mnisttext import tokenizer as tk
-from mnisttext.model import PRESETS, GPTConfig, build_model
+from mnisttext.model import PRESETS, GPTConfig, build_model, causal_attention
 
 
 def tiny(arch="gpt", seed=0):
@@ -46,6 +46,18 @@ def test_expanded_cache_equals_batched_prefill():
     got, _ = model(nxt, kv_cache=big)
     want, _ = model(torch.cat([prefix.expand(5, -1), nxt], 1))
     torch.testing.assert_close(got[:, -1], want[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_attention_equals_fused_kernel():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 8, requires_grad=True) for _ in range(3))
+    got = causal_attention(q, k, v)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(got)
+    grads = torch.autograd.grad(got, (q, k, v), g)
+    for a, b in zip(grads, torch.autograd.grad(want, (q, k, v), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_loss_is_mean_cross_entropy():

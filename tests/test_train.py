@@ -52,7 +52,10 @@ def test_loss_decreases_and_run_dir_is_complete(tmp_path, small_corpus):
 def test_resume_continues_exactly(tmp_path, small_corpus):
     a = train(tmp_path / "a", small_corpus, "--max-steps", "10")
     train(tmp_path / "b", small_corpus, "--max-steps", "10", "--stop-after", "4")
+    started = json.loads((tmp_path / "b" / "args.json").read_text())["machine"]["started"]
     b = train(tmp_path / "b", small_corpus, "--max-steps", "10", "--resume")
+    machine = json.loads((tmp_path / "b" / "args.json").read_text())["machine"]
+    assert machine["started"] == started and [r["step"] for r in machine["resumed"]] == [4]
     la = {r["step"]: r["loss"] for r in a if "loss" in r}
     lb = {r["step"]: r["loss"] for r in b if "loss" in r}
     assert set(range(5, 11)) <= set(lb)
@@ -61,6 +64,20 @@ def test_resume_continues_exactly(tmp_path, small_corpus):
     ta = checkpoint.read_tensors(tmp_path / "a" / "last" / "model.safetensors")
     tb = checkpoint.read_tensors(tmp_path / "b" / "last" / "model.safetensors")
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_init_from_starts_from_the_weights_with_a_fresh_schedule(tmp_path, small_corpus):
+    train(tmp_path / "a", small_corpus, "--max-steps", "30")
+    first = checkpoint.read_tensors(tmp_path / "a" / "last" / "model.safetensors")
+    b = train(tmp_path / "b", small_corpus, "--max-steps", "3", "--init-from",
+              str(tmp_path / "a" / "last"), "--n-layer", "5")       # the model flags yield
+    cfg = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
+    assert cfg["n_layer"] == 2 and [r["step"] for r in b if "loss" in r] == [1, 2, 3]
+    fresh = metrics(tmp_path / "a")
+    # the first step's loss is the trained model's, far below a fresh model's first loss
+    assert b[0]["loss"] < 0.8 * fresh[0]["loss"]
+    second = checkpoint.read_tensors(tmp_path / "b" / "last" / "model.safetensors")
+    assert any(not torch.equal(first[k], second[k]) for k in first)    # and it trains on
 
 
 def test_kill_9_then_resume(tmp_path, small_corpus):
