@@ -56,5 +56,6 @@ def print_table(title: str, rows: list[tuple[str, object]]) -> None:
     print(title)
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
-        v = f"{v:,.4g}" if isinstance(v, float) else v
+        if isinstance(v, float):
+            v = f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
         print(f"  {k:<{w}}  {v}")

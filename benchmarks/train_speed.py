@@ -1,67 +1,124 @@
 """Training throughput and model FLOPs utilisation (MFU) of the seed architecture.
 
     python benchmarks/train_speed.py                     # CPU, bf16 autocast where available
+    python benchmarks/train_speed.py --procs 2           # DDP: one process per core (gloo)
     python benchmarks/train_speed.py --device cuda --batch-size 256
 
 MFU = 6 * params * tokens/s / (matmul peak), the peak measured by this script, in this run, at
-the same dtype (square matmuls). Random tokens: speed does not depend on the data.
+the same dtype (square matmuls). With --procs N every process measures its peak at the same
+moment, with its own threads, and the peaks are summed: the machine's peak as the run uses it.
+Random tokens: speed does not depend on the data. The step is the trainer's: AdamW, gradient
+clipping, the preset's dropout.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
+import torch.distributed as dist
 
 from common import machine, matmul_peak, print_table, record, sync
 from mnisttext.evaluate import autocast, bf16_supported
 from mnisttext.model import PRESETS, GPTConfig, GPT
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="model size")
-    ap.add_argument("--batch-size", type=int, default=32, help="lines per step")
-    ap.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warmup)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="autocast")
-    ap.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
-    a = ap.parse_args()
+def measure(a, rank=0, world=1) -> dict:
+    """Time a.steps training steps of this rank's share of the batch; then the matmul peak."""
     torch.manual_seed(0)
     cfg = GPTConfig(**PRESETS[a.preset])
     if a.dropout is not None:
         cfg.dropout = a.dropout
     model = GPT(cfg).to(a.device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fwd = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     use_bf16 = a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device))
-    x = torch.randint(0, cfg.vocab_size, (a.batch_size, cfg.block_size), device=a.device)
+    x = torch.randint(0, cfg.vocab_size, (a.batch_size // world, cfg.block_size), device=a.device)
 
     def step():
         with autocast(a.device, "bf16" if use_bf16 else "fp32"):
-            _, loss = model(x[:, :-1], x[:, 1:])
+            _, loss = fwd(x[:, :-1], x[:, 1:])
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    def barrier():
+        if world > 1:
+            dist.barrier()
 
     for _ in range(2):
         step()
     sync(a.device)
+    barrier()
     t = time.perf_counter()
     for _ in range(a.steps):
         step()
     sync(a.device)
+    barrier()
     dt = (time.perf_counter() - t) / a.steps
-    tok_s = a.batch_size * (cfg.block_size - 1) / dt
-    peak = matmul_peak(torch.bfloat16 if use_bf16 else torch.float32, a.device)
-    n = model.num_params()
+    peak = torch.tensor([matmul_peak(torch.bfloat16 if use_bf16 else torch.float32, a.device)],
+                        dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(peak)     # every rank measured at once: the peak of the whole machine
+    return {"dt": dt, "peak": float(peak), "params": model.num_params(), "use_bf16": use_bf16,
+            "tokens_per_step": a.batch_size * (cfg.block_size - 1), "threads": torch.get_num_threads()}
+
+
+def _worker(rank, world, a, port, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(a.threads_per_proc)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        res = measure(a, rank, world)
+        if rank == 0:
+            queue.put(res)
+    finally:
+        dist.destroy_process_group()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="model size")
+    ap.add_argument("--batch-size", type=int, default=32, help="lines per step, all processes together")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warmup)")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="DDP processes (gloo, CPU); each gets the cores divided evenly")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="autocast")
+    ap.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    a = ap.parse_args()
+    if a.batch_size % a.procs:
+        ap.error(f"--batch-size {a.batch_size} is not divisible by --procs {a.procs}")
+    if a.procs > 1:
+        import socket
+        import torch.multiprocessing as mp
+        if a.device != "cpu":
+            ap.error("--procs is for CPU runs (use torchrun on GPUs)")
+        a.threads_per_proc = max(1, torch.get_num_threads() // a.procs)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ctx = mp.get_context("spawn")
+        queue = ctx.SimpleQueue()
+        mp.spawn(_worker, args=(a.procs, a, port, queue), nprocs=a.procs, join=True)
+        m = queue.get()
+    else:
+        m = measure(a)
+    tok_s = m["tokens_per_step"] / m["dt"]
+    n, peak = m["params"], m["peak"]
     mfu = 6 * n * tok_s / peak
-    res = {"preset": a.preset, "batch_size": a.batch_size, "dtype": "bf16" if use_bf16 else "fp32",
-           "params": n, "tokens_per_s": tok_s, "seconds_per_step": dt,
+    dtype = "bf16" if m["use_bf16"] else "fp32"
+    res = {"preset": a.preset, "batch_size": a.batch_size, "procs": a.procs, "dtype": dtype,
+           "dropout": a.dropout if a.dropout is not None else PRESETS[a.preset].get("dropout"),
+           "params": n, "tokens_per_s": tok_s, "seconds_per_step": m["dt"],
            "model_tflops": 6 * n * tok_s / 1e12, "peak_tflops": peak / 1e12, "mfu": mfu,
-           "machine": machine(a.device)}
-    print_table(f"train speed ({a.preset}, {res['dtype']}, {a.device})",
-                [("params", n), ("batch", a.batch_size), ("tokens/s", tok_s),
-                 ("s/step", dt), ("model TFLOP/s (6N)", res["model_tflops"]),
+           "machine": dict(machine(a.device), threads=m["threads"] * a.procs)}
+    print_table(f"train speed ({a.preset}, {dtype}, {a.device}, {a.procs} process(es))",
+                [("params", n), ("batch", a.batch_size), ("processes", a.procs),
+                 ("threads per process", m["threads"]), ("tokens/s", tok_s),
+                 ("s/step", m["dt"]), ("model TFLOP/s (6N)", res["model_tflops"]),
                  ("measured matmul peak TFLOP/s", res["peak_tflops"]), ("MFU", mfu)])
     record("train_speed", res)
 
