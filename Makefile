@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench flagship clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/sample_speed.py
+
+# the shipped checkpoints/gpt: two stages on one CPU core each (about 4 hours in all)
+flagship: $(STAMP)
+	$(PY) cli.py train --recipe flagship --minutes 115 --threads 1 --eval-every 300 --eval-images 1000 --out runs/flagship
+	$(PY) cli.py train --recipe flagship --init-from runs/flagship/best --lr 1e-3 --warmup-steps 100 \
+		--seed 2 --minutes 112 --threads 1 --eval-every 600 --eval-images 1000 --out runs/flagship2
+	$(PY) cli.py ship runs/flagship2/best --out checkpoints/gpt
 
 clean:
 	rm -rf $(VENV) runs decoded .pytest_cache

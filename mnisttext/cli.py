@@ -380,6 +380,14 @@ def cmd_ship(args) -> int:
     if last is not None and (last / "state.json").exists():
         st = checkpoint.read_json(last / "state.json")["state"]
         meta["run_state"] = {k: st[k] for k in ("step", "train_seconds", "tokens", "best_nll")}
+    init = (meta.get("args") or {}).get("init_from")
+    if init:   # a second training stage: keep the first stage's record (read before any overwrite)
+        init_dir = checkpoint.resolve(init)
+        if (init_dir / "metadata.json").exists():
+            meta["init_from"] = checkpoint.read_json(init_dir / "metadata.json")
+        elif (init_dir.parent / "args.json").exists():
+            meta["init_from"] = {"source": str(init_dir),
+                                 "args": checkpoint.read_json(init_dir.parent / "args.json")}
     checkpoint.write_dir(args.out, {"model.safetensors": checkpoint.model_tensors(model)},
                          {"config.json": config.to_dict(), "metadata.json": meta},
                          {"tokenizer.json": tok.to_str(pretty=True)})

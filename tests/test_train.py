@@ -78,6 +78,10 @@ def test_init_from_starts_from_the_weights_with_a_fresh_schedule(tmp_path, small
     assert b[0]["loss"] < 0.8 * fresh[0]["loss"]
     second = checkpoint.read_tensors(tmp_path / "b" / "last" / "model.safetensors")
     assert any(not torch.equal(first[k], second[k]) for k in first)    # and it trains on
+    assert cli.main(["ship", str(tmp_path / "b" / "last"), "--out", str(tmp_path / "ship")]) == 0
+    meta = json.loads((tmp_path / "ship" / "metadata.json").read_text())
+    assert meta["args"]["init_from"] == str(tmp_path / "a" / "last")
+    assert meta["init_from"]["args"]["max_steps"] == 30        # the first stage's record
 
 
 def test_kill_9_then_resume(tmp_path, small_corpus):
