@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tokenizers import Tokenizer
 
 from . import checkpoint, data, evaluate
 from . import tokenizer as tk
@@ -259,7 +260,15 @@ def train(cfg: dict, reporter=None) -> dict:
     elif init is not None:
         tok = init[2]
     elif cfg.get("tokenizer") == "bpe":
-        tok = tk.train_bpe(train_lines, cfg["bpe_vocab"])
+        tok = tk.train_bpe(train_lines, cfg["bpe_vocab"]) if master else None
+        if ddp:   # every rank must use rank 0's merges: send its tokenizer.json as bytes
+            raw = torch.frombuffer(bytearray(tok.to_str().encode()), dtype=torch.uint8) \
+                if master else torch.empty(0, dtype=torch.uint8)
+            size = torch.tensor([raw.numel()], device=device)      # nccl sends device tensors
+            dist.broadcast(size, src=0)
+            raw = raw.to(device) if master else torch.empty(int(size), dtype=torch.uint8, device=device)
+            dist.broadcast(raw, src=0)
+            tok = Tokenizer.from_str(raw.cpu().numpy().tobytes().decode())
     else:
         tok = tk.build()
     encoded_epoch = 0
@@ -371,12 +380,12 @@ def train(cfg: dict, reporter=None) -> dict:
                 dist.destroy_process_group()
             return {"step": state.step, "stopped": True}
         steps_this_run += 1
-        t0 = time.perf_counter()
         epoch, k = divmod(state.step, steps_per_epoch)
-        if dynamic and epoch != encoded_epoch:
+        if dynamic and epoch != encoded_epoch:   # data preparation: off the training clock
             lines = data.dynamic_epoch_lines(images, labels, cfg["seed"], epoch)
             train_tokens = torch.from_numpy(tk.encode_corpus(tok, lines))
             encoded_epoch = epoch
+        t0 = time.perf_counter()
         idx = epoch_order(cfg["seed"], epoch, n)[k * B:(k + 1) * B][rank::world]
         batch = train_tokens[idx].to(device, torch.long, non_blocking=True)
         real = batch != tk.PAD_ID

@@ -125,12 +125,15 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path, small_corpu
     assert rc == 2 and "state.safetensors" in capsys.readouterr().err
 
 
-def test_two_process_ddp(tmp_path, small_corpus):
+@pytest.mark.parametrize("tokens", ["char", "bpe"])
+def test_two_process_ddp(tmp_path, small_corpus, tokens):
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    port = "29517" if tokens == "char" else "29518"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "cli.py", "train", "--corpus", str(small_corpus),
-           "--out", str(run), *TINY, "--max-steps", "20", "--device", "cpu"]
+           "--master_port", port, "cli.py", "train", "--corpus", str(small_corpus),
+           "--out", str(run), *TINY, "--max-steps", "20", "--device", "cpu",
+           "--tokenizer", tokens, "--bpe-vocab", "120"]   # BPE: rank 0's merges, sent to rank 1
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     m = metrics(run)
