@@ -54,8 +54,10 @@ def read_metrics(path) -> list[dict]:
     return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
 
 
-def plot_training(metrics_paths, out_png, labels=None, minutes: bool = True) -> None:
-    """Loss and test NLL against training minutes, one line per run."""
+def plot_training(metrics_paths, out_png, labels=None, minutes: bool = True,
+                  offsets=None) -> None:
+    """Loss and test NLL against training minutes, one line per run; offsets (minutes, or steps
+    without `minutes`) shift a run along x, e.g. a second stage to where the first one ended."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,7 +67,8 @@ def plot_training(metrics_paths, out_png, labels=None, minutes: bool = True) -> 
         name = labels[i] if labels else Path(p).parent.name
         tr = [r for r in recs if "nats_per_image" in r]
         ev = [r for r in recs if "test_nll_subset" in r or r.get("final")]
-        x = lambda r: r["train_seconds"] / 60 if minutes else r["step"]
+        off = offsets[i] if offsets else 0
+        x = lambda r: off + (r["train_seconds"] / 60 if minutes else r["step"])
         ax[0].plot([x(r) for r in tr], [r["nats_per_image"] for r in tr], label=name, alpha=0.8)
         ax[1].plot([x(r) for r in ev], [r.get("test_nll_nats", r.get("test_nll_subset")) for r in ev],
                    marker="o", label=name)
