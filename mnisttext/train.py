@@ -254,11 +254,13 @@ def train(cfg: dict, reporter=None) -> dict:
     if len(train_lines[0]) != len(test_lines[0]):
         raise data.DataError(f"{cfg['corpus']}: train lines have {len(train_lines[0])} characters, "
                              f"test lines {len(test_lines[0])}")
-    init = checkpoint.load_model(cfg["init_from"]) if cfg.get("init_from") else None
+    init_model = None
+    if cfg.get("init_from"):   # a second stage: the checkpoint's weights, architecture and tokens
+        init_model, init_config, init_tok = checkpoint.load_model(cfg["init_from"])
     if cfg["resume"] and (out / "tokenizer.json").exists():
         tok = tk.load(out / "tokenizer.json")        # a learned vocabulary must stay the same
-    elif init is not None:
-        tok = init[2]
+    elif init_model is not None:
+        tok = init_tok
     elif cfg.get("tokenizer") == "bpe":
         tok = tk.train_bpe(train_lines, cfg["bpe_vocab"]) if master else None
         if ddp:   # every rank must use rank 0's merges: send its tokenizer.json as bytes
@@ -274,16 +276,14 @@ def train(cfg: dict, reporter=None) -> dict:
     encoded_epoch = 0
     train_tokens = torch.from_numpy(tk.encode_corpus(tok, train_lines))
     test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
-    if init is not None:    # the architecture is the checkpoint's; model flags cannot change it
-        config = init[1]
-    else:
-        config = model_config(cfg, tok.get_vocab_size())
+    # with --init-from the architecture is the checkpoint's; model flags cannot change it
+    config = init_config if init_model is not None else model_config(cfg, tok.get_vocab_size())
     # room for the longest possible line: BPE lines are shorter, but one may spell every symbol
     config.block_size = max(config.block_size, len(train_lines[0]))
     del train_lines, test_lines
 
     torch.manual_seed(cfg["seed"])
-    model = (init[0].train() if init is not None else build_model(config)).to(device)
+    model = (init_model.train() if init_model is not None else build_model(config)).to(device)
     opt = make_optimizer(model, cfg)
     state = State()
     if cfg["resume"] and ((out / "last").exists() or (out / "last.old").exists()):
