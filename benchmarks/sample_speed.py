@@ -49,7 +49,9 @@ def main():
         from mnisttext.classifier import load_classifier
         clf, _ = load_classifier(a.classifier, a.device)
     dtype = "bf16" if a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device)) else "fp32"
-    model = sample.for_sampling(model, dtype)          # weights cast once, no autocast
+    n = model.num_params()
+    vocab = model.config.vocab_size
+    model = sample.for_sampling(model, dtype)          # weights cast once (and prepacked), no autocast
 
     steps = []
 
@@ -73,17 +75,17 @@ def main():
     uncached = [once(False, s) for s in range(a.no_cache_repeats)]
     med, med_nc = statistics.median(cached), statistics.median(uncached)
     peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32, a.device)
-    n = model.num_params()
     tokens = a.candidates * statistics.median(steps)
     floor = 2 * n * tokens / peak
-    res = {"preset": a.checkpoint or a.preset, "params": n, "candidates": a.candidates,
+    res = {"preset": a.checkpoint or a.preset, "params": n, "vocab_size": vocab, "candidates": a.candidates,
            "decode_steps": statistics.median(steps),
            "dtype": dtype, "reranked": clf is not None, "median_s": med, "runs_s": cached,
            "no_cache_median_s": med_nc, "speedup_vs_no_cache": med_nc / med,
            "flop_floor_s": floor, "ratio_to_floor": med / floor, "peak_tflops": peak / 1e12,
            "machine": machine(a.device)}
     print_table(f"generate-and-rerank, {a.candidates} candidates ({res['preset']}, {dtype}, {a.device})",
-                [("median s (KV cache)", med), ("median s (--no-cache)", med_nc),
+                [("vocabulary (76 = characters)", vocab), ("decode steps (median)", statistics.median(steps)),
+                 ("median s (KV cache)", med), ("median s (--no-cache)", med_nc),
                  ("speed-up from the cache", med_nc / med), ("FLOP floor s", floor),
                  ("ratio to floor", med / floor), ("matmul peak TFLOP/s", peak / 1e12)])
     record("sample_speed", res)

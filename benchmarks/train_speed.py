@@ -32,6 +32,8 @@ def measure(a, rank=0, world=1) -> dict:
         cfg.dropout = a.dropout
     model = GPT(cfg).to(a.device).train()
     fwd = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if a.compile:
+        fwd = torch.compile(fwd)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     use_bf16 = a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device))
     x = torch.randint(0, cfg.vocab_size, (a.batch_size // world, cfg.block_size), device=a.device)
@@ -48,7 +50,7 @@ def measure(a, rank=0, world=1) -> dict:
         if world > 1:
             dist.barrier()
 
-    for _ in range(2):
+    for _ in range(a.warmup):
         step()
     sync(a.device)
     barrier()
@@ -88,6 +90,9 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="autocast")
     ap.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (as train --compile)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiling happens here)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = cores / procs)")
     a = ap.parse_args()
     if a.batch_size % a.procs:
         ap.error(f"--batch-size {a.batch_size} is not divisible by --procs {a.procs}")
@@ -96,7 +101,7 @@ def main():
         import torch.multiprocessing as mp
         if a.device != "cpu":
             ap.error("--procs is for CPU runs (use torchrun on GPUs)")
-        a.threads_per_proc = max(1, torch.get_num_threads() // a.procs)
+        a.threads_per_proc = a.threads or max(1, torch.get_num_threads() // a.procs)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -105,12 +110,15 @@ def main():
         mp.spawn(_worker, args=(a.procs, a, port, queue), nprocs=a.procs, join=True)
         m = queue.get()
     else:
+        if a.threads:
+            torch.set_num_threads(a.threads)
         m = measure(a)
     tok_s = m["tokens_per_step"] / m["dt"]
     n, peak = m["params"], m["peak"]
     mfu = 6 * n * tok_s / peak
     dtype = "bf16" if m["use_bf16"] else "fp32"
     res = {"preset": a.preset, "batch_size": a.batch_size, "procs": a.procs, "dtype": dtype,
+           "compile": a.compile,
            "dropout": a.dropout if a.dropout is not None else PRESETS[a.preset].get("dropout"),
            "params": n, "tokens_per_s": tok_s, "seconds_per_step": m["dt"],
            "model_tflops": 6 * n * tok_s / 1e12, "peak_tflops": peak / 1e12, "mfu": mfu,

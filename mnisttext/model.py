@@ -59,9 +59,14 @@ PRESETS = {
 class KVCache:
     """Keys and values of every layer for the positions seen so far.
 
-    k, v: (n_layer, B, nh, block_size, hs), filled up to `pos`. Preallocated (on the first write,
-    in the dtype the layers compute in, e.g. bf16 under autocast) so that each decode step writes
-    one slice instead of concatenating."""
+    k, v: (n_layer, B, nh, capacity, hs), filled up to `pos`, in the dtype the layers compute in
+    (e.g. bf16 under autocast). The capacity starts at `min_capacity` positions and doubles as
+    needed (up to block_size): a decode step writes one slice and attends over the whole
+    contiguous buffer with the unwritten tail masked. Reading the cache is most of a decode
+    step's memory traffic, so short lines (BPE tokens: ~30 per line) read a 32- or 64-long
+    buffer instead of a 152-long one; doubling keeps the copies on growth few."""
+
+    min_capacity = 16
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=None):
         hs = config.n_embd // config.n_head
@@ -74,16 +79,46 @@ class KVCache:
     def batch_size(self) -> int:
         return self.shape[1]
 
+    @property
+    def capacity(self) -> int:
+        return 0 if self.k is None else self.k.shape[3]
+
+    def _grow(self, need: int, like: torch.Tensor):
+        cap = max(self.min_capacity, self.capacity)
+        while cap < need:
+            cap *= 2
+        cap = min(self.shape[3], cap)
+        shape = self.shape[:3] + (cap,) + self.shape[4:]
+        dtype = self.dtype or like.dtype
+        k = torch.empty(shape, device=like.device, dtype=dtype)
+        v = torch.empty(shape, device=like.device, dtype=dtype)
+        p = self.pos
+        if self.k is not None:
+            k[:, :, :, :p] = self.k[:, :, :, :p]
+            v[:, :, :, :p] = self.v[:, :, :, :p]
+        # the unwritten tail is masked, but it must hold finite numbers: -inf + NaN is NaN
+        k[:, :, :, p:] = 0
+        v[:, :, :, p:] = 0
+        self.k, self.v = k, v
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, nh, T, hs) at pos..pos+T; return all keys and values so far."""
-        if self.k is None:
-            dtype = self.dtype or k.dtype
-            self.k = torch.zeros(self.shape, device=k.device, dtype=dtype)
-            self.v = torch.zeros(self.shape, device=k.device, dtype=dtype)
         p, T = self.pos, k.shape[2]
+        if p + T > self.capacity:
+            self._grow(p + T, k)
         self.k[layer, :, :, p:p + T] = k
         self.v[layer, :, :, p:p + T] = v
         return self.k[layer, :, :, :p + T], self.v[layer, :, :, :p + T]   # (B, nh, p+T, hs)
+
+    def tail_mask(self, dtype) -> torch.Tensor:
+        """(capacity,) 0 for the positions written up to and including pos, -inf after: the
+        additive mask of a one-token decode step, made once per step and shared by the layers."""
+        key = (self.pos, self.capacity, dtype)
+        if getattr(self, "_mask_key", None) != key:
+            self._mask = torch.zeros(self.capacity, dtype=dtype, device=self.k.device)
+            self._mask[self.pos + 1:] = float("-inf")
+            self._mask_key = key
+        return self._mask
 
     def expand(self, n: int) -> "KVCache":
         """A cache of batch n from one of batch 1 (the prefilled class prefix)."""
@@ -144,16 +179,15 @@ class CausalSelfAttention(nn.Module):
         elif p == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=T > 1)
         elif T == 1:
-            # One query per sequence: attend over the whole preallocated cache with the unwritten
-            # tail masked. Contiguous (B*nh, block, hs) views need no copies, which on CPU costs
-            # less than the flash kernel or a sliced matmul, even with ~2x the arithmetic.
-            kf, vf = cache.k[layer], cache.v[layer]               # (B, nh, block, hs)
-            blk = kf.shape[2]
-            mask = torch.zeros(blk, dtype=q.dtype, device=q.device)
-            mask[p + 1:] = float("-inf")
-            att = torch.bmm(q.reshape(B * nh, 1, hs), kf.view(B * nh, blk, hs).transpose(1, 2))
-            att = att * (1.0 / math.sqrt(hs)) + mask               # (B*nh, 1, block)
-            y = torch.bmm(att.softmax(-1), vf.view(B * nh, blk, hs)).view(B, nh, 1, hs)
+            # One query per sequence: attend over the cache's whole buffer with the unwritten
+            # tail masked. Contiguous (B*nh, cap, hs) views need no copies; on CPU a sliced
+            # (strided) matmul would copy the keys first, and the flash kernel is slower still.
+            kf, vf = cache.k[layer], cache.v[layer]               # (B, nh, cap, hs)
+            cap = kf.shape[2]
+            att = torch.baddbmm(cache.tail_mask(q.dtype), q.reshape(B * nh, 1, hs),
+                                kf.view(B * nh, cap, hs).transpose(1, 2),
+                                alpha=1.0 / math.sqrt(hs))          # (B*nh, 1, cap)
+            y = torch.bmm(att.softmax(-1), vf.view(B * nh, cap, hs)).view(B, nh, 1, hs)
         else:   # a chunk after a prefix: query i sees keys up to p + i
             mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
@@ -165,11 +199,12 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -247,6 +282,55 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-1)
         return logits, loss
+
+
+class PackedLinear(nn.Module):
+    """Inference-only nn.Linear (bf16, CPU) with its weight reordered once into oneDNN's blocked
+    layout, optionally with the MLP's tanh-GELU fused into the same call.
+
+    F.linear reorders the weight on every call: with the 64-row inputs of a decode step that
+    reorder is a good part of the call. Built by `pack_for_cpu_decode`, never trained or saved."""
+
+    def __init__(self, linear: nn.Linear, gelu: bool = False, rows: int = 64):
+        super().__init__()
+        self.out_features = linear.out_features
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows),
+                             persistent=False)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.attr, self.algo = ("gelu", "tanh") if gelu else ("none", "")
+
+    def forward(self, x):
+        shape = x.shape
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), self.weight, self.bias,
+                                               self.attr, [], self.algo)
+        return y.view(*shape[:-1], self.out_features)
+
+
+def pack_for_cpu_decode(model: nn.Module, rows: int = 64) -> bool:
+    """Swap a bf16 CPU GPT's linear layers for PackedLinear (in place); False where this build of
+    PyTorch lacks the oneDNN ops, or they disagree with F.linear (the model is then untouched)."""
+    if not isinstance(model, GPT) or not torch.backends.mkldnn.is_available():
+        return False
+    p = next(model.parameters())
+    if p.device.type != "cpu" or p.dtype != torch.bfloat16:
+        return False
+    try:   # a self-check on a small layer: private ops may change between releases
+        lin = nn.Linear(16, 8).to(torch.bfloat16)
+        x = torch.randn(3, 2, 16, dtype=torch.bfloat16)
+        for gelu in (False, True):
+            want = lin(x)
+            want = F.gelu(want, approximate="tanh") if gelu else want
+            torch.testing.assert_close(PackedLinear(lin, gelu, 3)(x), want, atol=0.05, rtol=0.02)
+    except Exception:
+        return False
+    with torch.no_grad():
+        for block in model.transformer.h:
+            att, mlp = block.attn, block.mlp
+            att.c_attn, att.c_proj = PackedLinear(att.c_attn, rows=rows), PackedLinear(att.c_proj, rows=rows)
+            mlp.c_fc, mlp.gelu = PackedLinear(mlp.c_fc, gelu=True, rows=rows), nn.Identity()
+            mlp.c_proj = PackedLinear(mlp.c_proj, rows=rows)
+        model.lm_head = PackedLinear(model.lm_head, rows=rows)   # wte keeps the plain (tied) weight
+    return True
 
 
 class GRUCache:

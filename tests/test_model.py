@@ -4,7 +4,8 @@ import torch
 
 from mnisttext import codec, sample
 from mnisttext import tokenizer as tk
-from mnisttext.model import PRESETS, GPTConfig, build_model, causal_attention
+from mnisttext.model import (PRESETS, GPTConfig, PackedLinear, build_model, causal_attention,
+                             pack_for_cpu_decode)
 
 
 def tiny(arch="gpt", seed=0):
@@ -16,14 +17,18 @@ def tiny(arch="gpt", seed=0):
 @pytest.mark.parametrize("arch", ["gpt", "gru"])
 def test_cached_logits_equal_uncached(arch):
     model = tiny(arch)
-    idx = torch.randint(0, 76, (3, 40))
+    idx = torch.randint(0, 76, (3, 152))                     # a whole line: the cache grows to it
     full, _ = model(idx)
     cache = model.new_cache(3)
     first, _ = model(idx[:, :7], kv_cache=cache)          # a chunk
     steps = [first]
-    for t in range(7, 40):                                   # then one token at a time
+    caps = set()
+    for t in range(7, 152):                                  # then one token at a time
         steps.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
+        caps.add(getattr(cache, "capacity", None))
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    if arch == "gpt":       # doubling from 16, capped at the block size
+        assert caps == {16, 32, 64, 128, 152}
 
 
 def test_chunk_after_prefix_uses_the_right_mask():
@@ -58,6 +63,27 @@ def test_cpu_attention_equals_fused_kernel():
     grads = torch.autograd.grad(got, (q, k, v), g)
     for a, b in zip(grads, torch.autograd.grad(want, (q, k, v), g)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_decode_model_matches_the_plain_bf16_model():
+    import copy
+    model = tiny()
+    plain = copy.deepcopy(model).to(torch.bfloat16)
+    fast = copy.deepcopy(model).to(torch.bfloat16)
+    if not pack_for_cpu_decode(fast):
+        pytest.skip("this PyTorch build has no oneDNN bf16 linear ops")
+    assert isinstance(fast.lm_head, PackedLinear) and isinstance(fast.transformer.h[0].mlp.c_fc, PackedLinear)
+    assert not pack_for_cpu_decode(tiny())                   # fp32 models are left alone
+    idx = torch.randint(0, 76, (4, 30))
+    with torch.inference_mode():
+        want = plain(idx)[0].float()
+        torch.testing.assert_close(fast(idx)[0].float(), want, atol=0.05, rtol=0.05)
+        cache = fast.new_cache(4)                            # and through the KV cache
+        steps = [fast(idx[:, :1], kv_cache=cache)[0]]
+        steps += [fast(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(1, 30)]
+        torch.testing.assert_close(torch.cat(steps, 1).float(), want, atol=0.05, rtol=0.05)
+    out = sample.generate(sample.for_sampling(model, "bf16"), [7], 4, sample.make_generator(0))
+    assert all(codec.decode(line)[0] == 7 for line in sample.tokens_to_lines(out))
 
 
 def test_loss_is_mean_cross_entropy():
