@@ -132,6 +132,23 @@ class KVCache:
         return new
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask on CPU: one 32-bit random draw makes the mask of two
+    elements (int16 halves against a threshold), where torch's bernoulli_ draws one per element.
+    On a Zen 5 core that halves the cost of the seed preset's 17 dropouts a step. p is rounded
+    to a multiple of 1/65536 and survivors are scaled by 1/(1 - that p), so E[out] = in exactly.
+    Elsewhere (GPU) it is nn.Dropout."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        n = x.numel()
+        bits = torch.randint(-2 ** 31, 2 ** 31 - 1, ((n + 1) // 2,), dtype=torch.int32, device=x.device)
+        r = bits.view(torch.int16)[:n].view(x.shape)
+        cut = round(self.p * 65536)                      # P(r < cut - 32768) = cut / 65536
+        return x.masked_fill(r < cut - 32768, 0) * (65536 / (65536 - cut))
+
+
 def symbol_bit_table(vocab_size: int) -> torch.Tensor:
     """(V, 6) float: the MSB-first pixel bits of each symbol token (ids 10..73), zeros elsewhere."""
     t = torch.zeros(vocab_size, 6)
@@ -159,7 +176,7 @@ class CausalSelfAttention(nn.Module):
         assert config.n_embd % config.n_head == 0
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0):
@@ -201,7 +218,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -227,7 +244,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
+            drop=Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))

@@ -4,8 +4,8 @@ import torch
 
 from mnisttext import codec, sample
 from mnisttext import tokenizer as tk
-from mnisttext.model import (PRESETS, GPTConfig, PackedLinear, build_model, causal_attention,
-                             pack_for_cpu_decode)
+from mnisttext.model import (PRESETS, Dropout, GPTConfig, PackedLinear, build_model,
+                             causal_attention, pack_for_cpu_decode)
 
 
 def tiny(arch="gpt", seed=0):
@@ -84,6 +84,22 @@ def test_packed_decode_model_matches_the_plain_bf16_model():
         torch.testing.assert_close(torch.cat(steps, 1).float(), want, atol=0.05, rtol=0.05)
     out = sample.generate(sample.for_sampling(model, "bf16"), [7], 4, sample.make_generator(0))
     assert all(codec.decode(line)[0] == 7 for line in sample.tokens_to_lines(out))
+
+
+def test_cpu_dropout_rate_scale_gradient_and_seed():
+    d = Dropout(0.1).train()
+    x = torch.ones(400, 1001, requires_grad=True)             # odd count: the last half-draw
+    torch.manual_seed(0)
+    y = d(x)
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - 0.1) < 0.003
+    assert abs(y.mean().item() - 1.0) < 0.005                 # survivors scaled by 1/(1-p)
+    torch.testing.assert_close(y[~dropped], torch.full_like(y[~dropped], 1 / (1 - 6554 / 65536)))
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, dropped)
+    torch.manual_seed(0)
+    assert torch.equal(d(x), y)                               # the global seed decides the mask
+    assert torch.equal(d.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
 
 
 def test_loss_is_mean_cross_entropy():
