@@ -132,21 +132,37 @@ class KVCache:
         return new
 
 
+class _CpuDropout(torch.autograd.Function):
+    """x * m, m = 0 or 1/(1-p) in x's dtype; the backward is g * m with the same m."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        n = x.numel()
+        bits = torch.randint(-2 ** 31, 2 ** 31 - 1, ((n + 1) // 2,), dtype=torch.int32, device=x.device)
+        cut = round(p * 65536)                       # P(int16 < cut - 32768) = cut / 65536
+        m = bits.view(torch.int16)[:n].view(x.shape) >= cut - 32768
+        m = m.to(x.dtype).mul_(65536 / (65536 - cut))
+        ctx.save_for_backward(m)
+        return x * m
+
+    @staticmethod
+    def backward(ctx, g):
+        m, = ctx.saved_tensors
+        return g * m, None
+
+
 class Dropout(nn.Dropout):
     """nn.Dropout with a cheaper mask on CPU: one 32-bit random draw makes the mask of two
-    elements (int16 halves against a threshold), where torch's bernoulli_ draws one per element.
-    On a Zen 5 core that halves the cost of the seed preset's 17 dropouts a step. p is rounded
-    to a multiple of 1/65536 and survivors are scaled by 1/(1 - that p), so E[out] = in exactly.
+    elements (int16 halves against a threshold), where torch's bernoulli_ draws one per element,
+    and the mask is kept in the activations' dtype with the 1/(1-p) scale folded in. Forward and
+    backward together take half of F.dropout's time on a Zen 5 core (bf16). p is rounded to a
+    multiple of 1/65536 and survivors are scaled by 1/(1 - that p), so E[out] = in exactly.
     Elsewhere (GPU) it is nn.Dropout."""
 
     def forward(self, x):
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        n = x.numel()
-        bits = torch.randint(-2 ** 31, 2 ** 31 - 1, ((n + 1) // 2,), dtype=torch.int32, device=x.device)
-        r = bits.view(torch.int16)[:n].view(x.shape)
-        cut = round(self.p * 65536)                      # P(r < cut - 32768) = cut / 65536
-        return x.masked_fill(r < cut - 32768, 0) * (65536 / (65536 - cut))
+        return _CpuDropout.apply(x, self.p)
 
 
 def symbol_bit_table(vocab_size: int) -> torch.Tensor:
