@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench flagship clean
+.PHONY: setup demo test bench bench-bpe flagship clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/sample_speed.py
+
+# generate-and-rerank latency of the seed architecture with 128 BPE tokens (trains it first: ~25 min, one core)
+runs/seedbpe128/best/model.safetensors: | $(STAMP)
+	$(PY) cli.py train --preset seed --dropout 0 --tokenizer bpe --bpe-vocab 128 --lr 2e-3 --minutes 25 \
+		--threads 1 --eval-every 300 --out runs/seedbpe128
+
+bench-bpe: runs/seedbpe128/best/model.safetensors
+	$(PY) benchmarks/sample_speed.py --checkpoint runs/seedbpe128/best --repeats 9 --no-cache-repeats 3
 
 # the shipped checkpoints/gpt: two stages on one CPU core each (about 4 hours in all)
 flagship: $(STAMP)
