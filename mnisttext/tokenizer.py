@@ -109,6 +109,14 @@ def load(path) -> Tokenizer:
         raise ValueError(f"{path}: not a tokenizer.json ({e})") from None
 
 
+def from_json(text: str, source: str = "tokenizer.json") -> Tokenizer:
+    """A tokenizer from tokenizer.json's text (e.g. sent by rank 0 of a DDP run)."""
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as e:
+        raise ValueError(f"{source}: not a tokenizer.json ({e})") from None
+
+
 def is_character_tokenizer(tok: Tokenizer) -> bool:
     return tok.get_vocab() == {c: i for i, c in enumerate(VOCAB)}
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tokenizers import Tokenizer
 
 from . import checkpoint, data, evaluate
 from . import tokenizer as tk
@@ -254,11 +253,18 @@ def train(cfg: dict, reporter=None) -> dict:
     if len(train_lines[0]) != len(test_lines[0]):
         raise data.DataError(f"{cfg['corpus']}: train lines have {len(train_lines[0])} characters, "
                              f"test lines {len(test_lines[0])}")
+    # A resumed run is rebuilt from its own last/ (architecture, tokens, weights, trainer
+    # state), whatever the model flags say and even if its --init-from checkpoint is gone.
+    last = None
+    if cfg["resume"] and ((out / "last").exists() or (out / "last.old").exists()):
+        last = checkpoint.resolve(out / "last")
     init_model = None
-    if cfg.get("init_from"):   # a second stage: the checkpoint's weights, architecture and tokens
-        init_model, init_config, init_tok = checkpoint.load_model(cfg["init_from"])
+    if cfg.get("init_from") and last is None:   # a second stage: the checkpoint's weights,
+        init_model, init_config, init_tok = checkpoint.load_model(cfg["init_from"])  # model, tokens
     if cfg["resume"] and (out / "tokenizer.json").exists():
         tok = tk.load(out / "tokenizer.json")        # a learned vocabulary must stay the same
+    elif last is not None:
+        tok = tk.load(last / "tokenizer.json")
     elif init_model is not None:
         tok = init_tok
     elif cfg.get("tokenizer") == "bpe":
@@ -270,24 +276,30 @@ def train(cfg: dict, reporter=None) -> dict:
             dist.broadcast(size, src=0)
             raw = raw.to(device) if master else torch.empty(int(size), dtype=torch.uint8, device=device)
             dist.broadcast(raw, src=0)
-            tok = Tokenizer.from_str(raw.cpu().numpy().tobytes().decode())
+            tok = tk.from_json(raw.cpu().numpy().tobytes().decode(), "rank 0's tokenizer")
     else:
         tok = tk.build()
     encoded_epoch = 0
     train_tokens = torch.from_numpy(tk.encode_corpus(tok, train_lines))
     test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
-    # with --init-from the architecture is the checkpoint's; model flags cannot change it
-    config = init_config if init_model is not None else model_config(cfg, tok.get_vocab_size())
-    # room for the longest possible line: BPE lines are shorter, but one may spell every symbol
-    config.block_size = max(config.block_size, len(train_lines[0]))
+    if last is not None:
+        config = GPTConfig.from_dict(checkpoint.read_json(last / "config.json"))
+        asked = model_config(cfg, tok.get_vocab_size())
+        if cfg.get("init_from") is None and any(getattr(asked, k) != getattr(config, k) for k in MODEL_FLAGS):
+            reporter.message(f"resume: the model is {last / 'config.json'}'s; model flags are ignored")
+    else:
+        # with --init-from the architecture is the checkpoint's; model flags cannot change it
+        config = init_config if init_model is not None else model_config(cfg, tok.get_vocab_size())
+        # room for the longest possible line: BPE lines are shorter, but one may spell every symbol
+        config.block_size = max(config.block_size, len(train_lines[0]))
     del train_lines, test_lines
 
     torch.manual_seed(cfg["seed"])
     model = (init_model.train() if init_model is not None else build_model(config)).to(device)
     opt = make_optimizer(model, cfg)
     state = State()
-    if cfg["resume"] and ((out / "last").exists() or (out / "last.old").exists()):
-        state, saved = load_run_state(out / "last", model, opt)
+    if last is not None:
+        state, saved = load_run_state(last, model, opt)
         if saved:   # the schedule must be the one the run started with
             for k in ("lr", "batch_size", "epochs", "max_steps", "minutes", "schedule",
                       "warmup_steps", "seed", "train_limit"):

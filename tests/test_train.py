@@ -66,6 +66,21 @@ def test_resume_continues_exactly(tmp_path, small_corpus):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def test_resume_rebuilds_the_run_from_last_not_from_flags(tmp_path, small_corpus):
+    import shutil
+    train(tmp_path / "a", small_corpus, "--max-steps", "6")
+    full = train(tmp_path / "b", small_corpus, "--max-steps", "4", "--init-from", str(tmp_path / "a" / "last"))
+    train(tmp_path / "c", small_corpus, "--max-steps", "4", "--init-from", str(tmp_path / "a" / "last"),
+          "--stop-after", "2")
+    shutil.rmtree(tmp_path / "a")            # the first stage is gone (e.g. overwritten by ship)
+    c = train(tmp_path / "c", small_corpus, "--max-steps", "4", "--init-from", str(tmp_path / "a" / "last"),
+              "--resume", "--n-layer", "5")  # and the model flags ask for another model
+    assert json.loads((tmp_path / "c" / "last" / "config.json").read_text())["n_layer"] == 2
+    lf = {r["step"]: r["loss"] for r in full if "loss" in r}
+    lc = {r["step"]: r["loss"] for r in c if "loss" in r}
+    assert [lc[s] for s in (3, 4)] == [lf[s] for s in (3, 4)]
+
+
 def test_init_from_starts_from_the_weights_with_a_fresh_schedule(tmp_path, small_corpus):
     train(tmp_path / "a", small_corpus, "--max-steps", "30")
     first = checkpoint.read_tensors(tmp_path / "a" / "last" / "model.safetensors")
