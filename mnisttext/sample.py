@@ -42,7 +42,9 @@ def sample_next_token(logits: torch.Tensor, generator: torch.Generator | None = 
         logits = logits.masked_fill(drop, float("-inf"))
     # Inverse-CDF sampling, one uniform per row: torch.multinomial draws an exponential for every
     # vocabulary entry, which with 512 BPE tokens took ~10% of a decode step on a CPU.
-    cdf = F.softmax(logits, dim=-1).cumsum(-1)                             # (B, V)
+    probs = F.softmax(logits, dim=-1)                                     # (B, V)
+    # flat across zero-probability tokens even where cumsum is a parallel scan (CUDA)
+    cdf = torch.where(probs > 0, probs.cumsum(-1), 0).cummax(-1).values      # (B, V)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
     # the first index whose cdf exceeds u has non-zero probability: masked tokens are never drawn
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)

@@ -283,10 +283,15 @@ def train(cfg: dict, reporter=None) -> dict:
     train_tokens = torch.from_numpy(tk.encode_corpus(tok, train_lines))
     test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
     if last is not None:
-        config = GPTConfig.from_dict(checkpoint.read_json(last / "config.json"))
+        try:
+            config = GPTConfig.from_dict(checkpoint.read_json(last / "config.json"))
+        except (TypeError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"{last / 'config.json'}: {e}") from None
         asked = model_config(cfg, tok.get_vocab_size())
         if cfg.get("init_from") is None and any(getattr(asked, k) != getattr(config, k) for k in MODEL_FLAGS):
             reporter.message(f"resume: the model is {last / 'config.json'}'s; model flags are ignored")
+        for k in MODEL_FLAGS:            # args.json records the model the run really trains
+            cfg[k] = getattr(config, k)
     else:
         # with --init-from the architecture is the checkpoint's; model flags cannot change it
         config = init_config if init_model is not None else model_config(cfg, tok.get_vocab_size())

@@ -100,6 +100,10 @@ def test_cpu_dropout_rate_scale_gradient_and_seed():
     torch.manual_seed(0)
     assert torch.equal(d(x), y)                               # the global seed decides the mask
     assert torch.equal(d.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    assert not Dropout(1.0).train()(x).any()
+    xb = torch.ones(300, 1001, dtype=torch.bfloat16)
+    yb = d.train()(xb)
+    assert yb.dtype == torch.bfloat16 and abs((yb == 0).float().mean().item() - 0.1) < 0.003
 
 
 def test_loss_is_mean_cross_entropy():
@@ -154,6 +158,13 @@ def test_sample_next_token_greedy_topk_topp():
     full = sample.sample_next_token(logits, g, 1.0)
     freq = torch.bincount(full, minlength=4).float() / len(full)
     torch.testing.assert_close(freq, p, atol=0.04, rtol=0)
+    # masked (-inf) tokens between, before and after allowed ones are never drawn
+    inf = float("-inf")
+    masked = torch.tensor([[inf, 0.0, inf, inf, 1.0, inf]]).expand(20000, -1)
+    got = torch.bincount(sample.sample_next_token(masked, g, 1.0), minlength=6).float() / 20000
+    assert got[[0, 2, 3, 5]].sum() == 0 and abs(got[4] - 1 / (1 + 1 / 2.718281828)) < 0.02
+    last = torch.tensor([[inf, inf, inf, 0.0]])
+    assert sample.sample_next_token(last, g, 1.0).item() == 3
     with pytest.raises(ValueError):
         sample.sample_next_token(logits, g, -1.0)
     with pytest.raises(ValueError):

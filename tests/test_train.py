@@ -76,6 +76,7 @@ def test_resume_rebuilds_the_run_from_last_not_from_flags(tmp_path, small_corpus
     c = train(tmp_path / "c", small_corpus, "--max-steps", "4", "--init-from", str(tmp_path / "a" / "last"),
               "--resume", "--n-layer", "5")  # and the model flags ask for another model
     assert json.loads((tmp_path / "c" / "last" / "config.json").read_text())["n_layer"] == 2
+    assert json.loads((tmp_path / "c" / "args.json").read_text())["n_layer"] == 2
     lf = {r["step"]: r["loss"] for r in full if "loss" in r}
     lc = {r["step"]: r["loss"] for r in c if "loss" in r}
     assert [lc[s] for s in (3, 4)] == [lf[s] for s in (3, 4)]
