@@ -74,6 +74,7 @@ class KVCache:
         self.device, self.dtype = device, dtype
         self.k = self.v = None
         self.pos = 0
+        self._mask = self._mask_key = None
 
     @property
     def batch_size(self) -> int:
@@ -114,7 +115,7 @@ class KVCache:
         """(capacity,) 0 for the positions written up to and including pos, -inf after: the
         additive mask of a one-token decode step, made once per step and shared by the layers."""
         key = (self.pos, self.capacity, dtype)
-        if getattr(self, "_mask_key", None) != key:
+        if self._mask_key != key:
             self._mask = torch.zeros(self.capacity, dtype=dtype, device=self.k.device)
             self._mask[self.pos + 1:] = float("-inf")
             self._mask_key = key
