@@ -22,19 +22,24 @@ import torch.distributed as dist
 from common import machine, matmul_peak, print_table, record, sync
 from mnisttext.evaluate import autocast, bf16_supported
 from mnisttext.model import PRESETS, GPTConfig, GPT
+from mnisttext.train import RECIPES, keep_freed_memory, make_optimizer
 
 
 def measure(a, rank=0, world=1) -> dict:
     """Time a.steps training steps of this rank's share of the batch; then the matmul peak."""
+    if a.device == "cpu" and a.malloc == "keep":
+        keep_freed_memory()      # as the trainer does
     torch.manual_seed(0)
     cfg = GPTConfig(**PRESETS[a.preset])
     if a.dropout is not None:
         cfg.dropout = a.dropout
+    if a.gelu is not None:
+        cfg.gelu = a.gelu
     model = GPT(cfg).to(a.device).train()
     fwd = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     if a.compile:
         fwd = torch.compile(fwd)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = make_optimizer(model, RECIPES["default"])
     use_bf16 = a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device))
     x = torch.randint(0, cfg.vocab_size, (a.batch_size // world, cfg.block_size), device=a.device)
 
@@ -90,6 +95,9 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="autocast")
     ap.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    ap.add_argument("--gelu", choices=["none", "tanh"], help="override the preset's GELU")
+    ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                    help="keep: the trainer's malloc settings (keep_freed_memory); default: glibc's")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (as train --compile)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiling happens here)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = cores / procs)")
@@ -118,8 +126,9 @@ def main():
     mfu = 6 * n * tok_s / peak
     dtype = "bf16" if m["use_bf16"] else "fp32"
     res = {"preset": a.preset, "batch_size": a.batch_size, "procs": a.procs, "dtype": dtype,
-           "compile": a.compile,
+           "compile": a.compile, "malloc": a.malloc,
            "dropout": a.dropout if a.dropout is not None else PRESETS[a.preset].get("dropout"),
+           "gelu": a.gelu or GPTConfig(**PRESETS[a.preset]).gelu,
            "params": n, "tokens_per_s": tok_s, "seconds_per_step": m["dt"],
            "model_tflops": 6 * n * tok_s / 1e12, "peak_tflops": peak / 1e12, "mfu": mfu,
            "machine": dict(machine(a.device), threads=m["threads"] * a.procs)}

@@ -12,6 +12,7 @@ function of the step (or, with --minutes, of training seconds), so --resume cont
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -41,7 +42,7 @@ RECIPES = {
                      lr=2e-3, schedule="cosine", warmup_steps=200, batch_size=32,
                      weight_decay=0.1, grad_clip=1.0),
 }
-MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_embd", "dropout", "bit_embed")
+MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_embd", "dropout", "bit_embed", "gelu")
 
 
 def add_args(p):
@@ -61,6 +62,8 @@ def add_args(p):
     p.add_argument("--dropout", type=float, help="dropout probability")
     p.add_argument("--bit-embed", action=argparse.BooleanOptionalAction, default=None,
                    help="add an embedding of each symbol's 6 pixel bits to its token embedding")
+    p.add_argument("--gelu", choices=["none", "tanh"],
+                   help="the MLP's GELU: none = exact (the default), tanh = GPT-2's approximation")
     p.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
                    help="one token per character, or BPE tokens learned on the training lines")
     p.add_argument("--bpe-vocab", type=int, default=512, help="BPE vocabulary size (with --tokenizer bpe)")
@@ -120,6 +123,22 @@ def model_config(cfg: dict, vocab_size: int) -> GPTConfig:
     return GPTConfig(vocab_size=vocab_size, **base)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to serve big blocks from its heap and keep what is freed there.
+
+    By default glibc maps every block of more than 128 KiB-32 MiB fresh from the kernel and
+    unmaps it when freed, so each CPU training step faults all its activations back in, page
+    by page: ~70,000 page faults a step for the seed model at batch 32, and 10-20% of the
+    step's time on a laptop core. The cost is that the process keeps its peak memory until it
+    exits. False where the C library has no mallopt (macOS, Windows) or refuses."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 1 << 30) or mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    return bool(ok and mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
@@ -144,9 +163,12 @@ def make_optimizer(model, cfg):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
               {"params": no_decay, "weight_decay": 0.0}]
+    # the fused kernel (CPU and CUDA) does the whole update in one pass over each tensor: ~5x
+    # faster than the foreach one on a CPU core, ~1% of a seed-model training step
+    fused = dict(fused=True) if next(model.parameters()).device.type in ("cpu", "cuda") else {}
     if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.95))
+        return torch.optim.Adam(model.parameters(), lr=cfg["lr"], **fused)
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.95), **fused)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -238,6 +260,8 @@ def train(cfg: dict, reporter=None) -> dict:
     master = rank == 0
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
+    if device.type == "cpu":
+        keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     out = Path(cfg["out"])

@@ -53,10 +53,12 @@ def test_expanded_cache_equals_batched_prefill():
     torch.testing.assert_close(got[:, -1], want[:, -1], atol=1e-5, rtol=1e-5)
 
 
-def test_cpu_attention_equals_fused_kernel():
+@pytest.mark.parametrize("chunks", [1, 2, 3, 17])
+def test_cpu_attention_equals_fused_kernel(chunks):
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 17, 8, requires_grad=True) for _ in range(3))
-    got = causal_attention(q, k, v)
+    q, k, v = (torch.randn(2, 3, 17, 8, requires_grad=True) for _ in range(3))   # odd T: uneven blocks
+    got = causal_attention(q, k, v, chunks)
+    assert got.shape == (2, 3, 17, 8)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(got)
