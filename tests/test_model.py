@@ -171,3 +171,15 @@ def test_sample_next_token_greedy_topk_topp():
         sample.sample_next_token(logits, g, -1.0)
     with pytest.raises(ValueError):
         sample.sample_next_token(logits, g, 1.0, top_p=0.0)
+
+
+def test_gelu_field_old_configs_load_as_tanh_and_bad_values_are_refused():
+    d = GPTConfig(**PRESETS["tiny"]).to_dict()
+    assert d["gelu"] == "none"                               # new models: the exact GELU
+    old = {k: v for k, v in d.items() if k != "gelu"}        # a config.json from before the field
+    assert GPTConfig.from_dict(old).gelu == "tanh"
+    assert build_model(GPTConfig.from_dict(old)).transformer.h[0].mlp.gelu.approximate == "tanh"
+    with pytest.raises(ValueError, match="gelu"):
+        GPTConfig.from_dict(dict(d, gelu="relu"))
+    shipped = GPTConfig.from_dict(__import__("json").load(open("checkpoints/gpt/config.json")))
+    assert shipped.gelu == "tanh"                            # the weights were trained with it

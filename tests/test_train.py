@@ -157,3 +157,27 @@ def test_two_process_ddp(tmp_path, small_corpus, tokens):
     assert final["world"] == 2 and final["ddp_weights_identical"] is True
     losses = [r["loss"] for r in m if "loss" in r]
     assert sum(losses[-5:]) < sum(losses[:5])
+
+
+def test_keep_freed_memory_stops_the_page_faults_of_big_blocks():
+    # in a fresh process: this one may have called it already (train() does)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt")
+    code = """if 1:
+        import resource, torch
+        from mnisttext.train import keep_freed_memory
+        def faults():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(5):   # 40 MiB blocks: glibc maps blocks over 32 MiB afresh every time
+                xs = [torch.ones(40 << 20, dtype=torch.uint8) for _ in range(2)]
+                del xs
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        faults()
+        before = faults()
+        assert keep_freed_memory()
+        faults()
+        print(before, faults())"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    before, after = map(int, out.stdout.split())
+    pages = 10 * (40 << 20) // 4096
+    assert before > pages // 2 and after < pages // 10, (before, after)
