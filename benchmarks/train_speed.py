@@ -7,8 +7,9 @@
 MFU = 6 * params * tokens/s / (matmul peak), the peak measured by this script, in this run, at
 the same dtype (square matmuls). With --procs N every process measures its peak at the same
 moment, with its own threads, and the peaks are summed: the machine's peak as the run uses it.
-Random tokens: speed does not depend on the data. The step is the trainer's: AdamW, gradient
-clipping, the preset's dropout.
+Random tokens: speed does not depend on the data. The step is the trainer's (train.train_step:
+micro-batches, fused AdamW, gradient clipping), with the preset's dropout and the trainer's
+malloc settings.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import torch
 import torch.distributed as dist
 
 from common import machine, matmul_peak, print_table, record, sync
-from mnisttext.evaluate import autocast, bf16_supported
+from mnisttext.evaluate import bf16_supported
 from mnisttext.model import PRESETS, GPTConfig, GPT
-from mnisttext.train import RECIPES, keep_freed_memory, make_optimizer
+from mnisttext.train import RECIPES, keep_freed_memory, make_optimizer, train_step
 
 
 def measure(a, rank=0, world=1) -> dict:
@@ -36,20 +37,16 @@ def measure(a, rank=0, world=1) -> dict:
     if a.gelu is not None:
         cfg.gelu = a.gelu
     model = GPT(cfg).to(a.device).train()
-    fwd = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    if a.compile:
-        fwd = torch.compile(fwd)
-    opt = make_optimizer(model, RECIPES["default"])
     use_bf16 = a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device))
+    fwd = torch.compile(model) if a.compile else model          # wrapped as the trainer does
+    if world > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(fwd)
+    recipe = dict(RECIPES["default"], dtype="bf16" if use_bf16 else "fp32", grad_accum=a.grad_accum)
+    opt = make_optimizer(model, recipe)
     x = torch.randint(0, cfg.vocab_size, (a.batch_size // world, cfg.block_size), device=a.device)
 
     def step():
-        with autocast(a.device, "bf16" if use_bf16 else "fp32"):
-            _, loss = fwd(x[:, :-1], x[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(fwd, model, opt, x[:, :-1], x[:, 1:], recipe, torch.device(a.device))
 
     def barrier():
         if world > 1:
@@ -95,6 +92,7 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="autocast")
     ap.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step on each process")
     ap.add_argument("--gelu", choices=["none", "tanh"], help="override the preset's GELU")
     ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
                     help="keep: the trainer's malloc settings (keep_freed_memory); default: glibc's")
@@ -126,7 +124,7 @@ def main():
     mfu = 6 * n * tok_s / peak
     dtype = "bf16" if m["use_bf16"] else "fp32"
     res = {"preset": a.preset, "batch_size": a.batch_size, "procs": a.procs, "dtype": dtype,
-           "compile": a.compile, "malloc": a.malloc,
+           "compile": a.compile, "malloc": a.malloc, "grad_accum": a.grad_accum,
            "dropout": a.dropout if a.dropout is not None else PRESETS[a.preset].get("dropout"),
            "gelu": a.gelu or GPTConfig(**PRESETS[a.preset]).gelu,
            "params": n, "tokens_per_s": tok_s, "seconds_per_step": m["dt"],
@@ -134,6 +132,7 @@ def main():
            "machine": dict(machine(a.device), threads=m["threads"] * a.procs)}
     print_table(f"train speed ({a.preset}, {dtype}, {a.device}, {a.procs} process(es))",
                 [("params", n), ("batch", a.batch_size), ("processes", a.procs),
+                 ("micro-batches per process", a.grad_accum),
                  ("threads per process", m["threads"]), ("tokens/s", tok_s),
                  ("s/step", m["dt"]), ("model TFLOP/s (6N)", res["model_tflops"]),
                  ("measured matmul peak TFLOP/s", res["peak_tflops"]), ("MFU", mfu)])

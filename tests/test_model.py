@@ -90,11 +90,14 @@ def test_packed_decode_model_matches_the_plain_bf16_model():
 
 def test_cpu_dropout_rate_scale_gradient_and_seed():
     d = Dropout(0.1).train()
-    x = torch.ones(400, 1001, requires_grad=True)             # odd count: the last half-draw
+    x = torch.ones(401, 1001, requires_grad=True)             # 4k + 1 elements: a partial last draw
     torch.manual_seed(0)
     y = d(x)
     dropped = y == 0
     assert abs(dropped.float().mean().item() - 0.1) < 0.003
+    flat = dropped.flatten()[:400400].view(-1, 4)             # the four quarters of each draw
+    for i, j in [(0, 1), (1, 2), (2, 3), (0, 3)]:             # are independent: both dropped ~ p^2
+        assert abs((flat[:, i] & flat[:, j]).float().mean().item() - 0.01) < 0.002
     assert abs(y.mean().item() - 1.0) < 0.005                 # survivors scaled by 1/(1-p)
     torch.testing.assert_close(y[~dropped], torch.full_like(y[~dropped], 1 / (1 - 6554 / 65536)))
     y.sum().backward()
