@@ -181,3 +181,25 @@ def test_keep_freed_memory_stops_the_page_faults_of_big_blocks():
     before, after = map(int, out.stdout.split())
     pages = 10 * (40 << 20) // 4096
     assert before > pages // 2 and after < pages // 10, (before, after)
+
+
+def test_micro_batches_give_the_whole_batch_gradient():
+    from mnisttext.model import PRESETS, GPTConfig, build_model
+    from mnisttext.train import RECIPES, make_optimizer, train_step
+    torch.manual_seed(0)
+    x = torch.randint(0, 76, (6, 40))
+    targets = x[:, 1:].clone()
+    targets[0, 20:] = -1                                       # padding: micro-batches of unequal weight
+    after = []
+    for parts in (1, 2, 3):
+        torch.manual_seed(0)
+        model = build_model(GPTConfig(**PRESETS["tiny"]))
+        cfg = dict(RECIPES["default"], dtype="fp32", grad_accum=parts, grad_clip=0.0)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        loss = train_step(model, model, opt, x[:, :-1], targets, cfg, torch.device("cpu"))
+        after.append((loss, [p.detach().clone() for p in model.parameters()]))
+    for loss, params in after[1:]:
+        torch.testing.assert_close(loss, after[0][0])
+        for a, b in zip(params, after[0][1]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert make_optimizer(model, RECIPES["default"]).defaults.get("fused")   # the fused kernel on CPU
