@@ -5,7 +5,7 @@
     python benchmarks/train_speed.py --device cuda --batch-size 256
 
 MFU = 6 * params * tokens/s / (matmul peak), the peak measured by this script, in this run, at
-the same dtype (square matmuls). With --procs N every process measures its peak at the same
+the same dtype (square matmuls), before and after the timed steps (the higher of the two). With --procs N every process measures its peak at the same
 moment, with its own threads, and the peaks are summed: the machine's peak as the run uses it.
 Random tokens: speed does not depend on the data. The step is the trainer's (train.train_step:
 micro-batches, fused AdamW, gradient clipping), with the preset's dropout and the trainer's
@@ -52,9 +52,12 @@ def measure(a, rank=0, world=1) -> dict:
         if world > 1:
             dist.barrier()
 
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
     for _ in range(a.warmup):
         step()
     sync(a.device)
+    barrier()
+    before = matmul_peak(dtype, a.device)
     barrier()
     t = time.perf_counter()
     for _ in range(a.steps):
@@ -62,8 +65,9 @@ def measure(a, rank=0, world=1) -> dict:
     sync(a.device)
     barrier()
     dt = (time.perf_counter() - t) / a.steps
-    peak = torch.tensor([matmul_peak(torch.bfloat16 if use_bf16 else torch.float32, a.device)],
-                        dtype=torch.float64)
+    # the peak is measured before and after the timed steps and the higher one kept: a slow
+    # moment of the machine during one measurement cannot inflate the MFU
+    peak = torch.tensor([max(before, matmul_peak(dtype, a.device))], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(peak)     # every rank measured at once: the peak of the whole machine
     return {"dt": dt, "peak": float(peak), "params": model.num_params(), "use_bf16": use_bf16,
