@@ -5,8 +5,9 @@
     python benchmarks/train_speed.py --device cuda --batch-size 256
 
 MFU = 6 * params * tokens/s / (matmul peak), the peak measured by this script, in this run, at
-the same dtype (square matmuls), before and after the timed steps (the higher of the two). With --procs N every process measures its peak at the same
-moment, with its own threads, and the peaks are summed: the machine's peak as the run uses it.
+the same dtype (square matmuls), before and after the timed steps (the higher of the two). With
+--procs N every process measures its peak at the same moment, with its own threads, and the
+peaks are summed: the machine's peak as the run uses it.
 Random tokens: speed does not depend on the data. The step is the trainer's (train.train_step:
 micro-batches, fused AdamW, gradient clipping), with the preset's dropout and the trainer's
 malloc settings.
