@@ -78,6 +78,7 @@ def main():
     tokens = a.candidates * statistics.median(steps)
     floor = 2 * n * tokens / peak
     res = {"preset": a.checkpoint or a.preset, "params": n, "vocab_size": vocab, "candidates": a.candidates,
+           "gelu": cfg.gelu,
            "decode_steps": statistics.median(steps),
            "dtype": dtype, "reranked": clf is not None, "median_s": med, "runs_s": cached,
            "no_cache_median_s": med_nc, "speedup_vs_no_cache": med_nc / med,

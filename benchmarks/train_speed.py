@@ -9,8 +9,8 @@ the same dtype (square matmuls), before and after the timed steps (the higher of
 --procs N every process measures its peak at the same moment, with its own threads, and the
 peaks are summed: the machine's peak as the run uses it.
 Random tokens: speed does not depend on the data. The step is the trainer's (train.train_step:
-micro-batches, fused AdamW, gradient clipping), with the preset's dropout and the trainer's
-malloc settings.
+micro-batches, fused AdamW, gradient clipping, as in the default recipe; `--recipe seed` itself
+uses Adam without clipping), with the preset's dropout and the trainer's malloc settings.
 """
 from __future__ import annotations
 
@@ -129,7 +129,8 @@ def main():
     mfu = 6 * n * tok_s / peak
     dtype = "bf16" if m["use_bf16"] else "fp32"
     res = {"preset": a.preset, "batch_size": a.batch_size, "procs": a.procs, "dtype": dtype,
-           "compile": a.compile, "malloc": a.malloc, "grad_accum": a.grad_accum,
+           "compile": a.compile, "malloc": a.malloc if a.device == "cpu" else None,
+           "grad_accum": a.grad_accum,
            "dropout": a.dropout if a.dropout is not None else PRESETS[a.preset].get("dropout"),
            "gelu": a.gelu or GPTConfig(**PRESETS[a.preset]).gelu,
            "params": n, "tokens_per_s": tok_s, "seconds_per_step": m["dt"],

@@ -17,6 +17,7 @@ import ctypes
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,13 @@ RECIPES = {
                      weight_decay=0.1, grad_clip=1.0),
 }
 MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_embd", "dropout", "bit_embed", "gelu")
+
+
+def positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def add_args(p):
@@ -84,7 +92,7 @@ def add_args(p):
     p.add_argument("--schedule", choices=["constant", "cosine"], help="LR schedule after warmup")
     p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
     p.add_argument("--batch-size", type=int, help="global batch size (lines)")
-    p.add_argument("--grad-accum", type=int, default=1,
+    p.add_argument("--grad-accum", type=positive_int, default=1,
                    help="micro-batches per step on each process (same gradient, less memory; "
                         "on a CPU, batch 32 per micro-batch is fastest per line)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
@@ -135,14 +143,16 @@ def keep_freed_memory() -> bool:
     heap to the kernel. A CPU training step allocates and frees hundreds of activation blocks
     of many sizes, so their pages fault in again every step: 60,000-80,000 page faults a step
     for the seed model at batch 32 on one core, against ~800 after this call, and the step was
-    10-20% faster. The cost: the process keeps its peak memory until it exits. False where the
-    C library has no mallopt (macOS, Windows) or refuses."""
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None:
+    10-20% faster. The cost: the process keeps its peak memory until it exits. False off Linux,
+    or where the C library has no mallopt or refuses the setting (musl)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    ok = mallopt(M_MMAP_THRESHOLD, 1 << 30) or mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    return bool(ok and mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
 def pick_device(name: str) -> torch.device:
@@ -239,6 +249,9 @@ def restore_optimizer(opt, tensors: dict, meta: dict) -> None:
         pid, k = key.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for g in opt.param_groups:   # the kernel is this run's choice, not the saved run's
+        for k in ("fused", "foreach"):
+            g[k] = opt.defaults.get(k)
 
 
 def save_run_checkpoint(path, model, config, tok, opt=None, state: State | None = None,
@@ -343,7 +356,8 @@ def train(cfg: dict, reporter=None) -> dict:
         except (TypeError, ValueError) as e:
             raise checkpoint.CheckpointError(f"{last / 'config.json'}: {e}") from None
         asked = model_config(cfg, tok.get_vocab_size())
-        if cfg.get("init_from") is None and any(getattr(asked, k) != getattr(config, k) for k in MODEL_FLAGS):
+        given = [k for k in MODEL_FLAGS if cfg.get(k) is not None]     # flags the user set
+        if cfg.get("init_from") is None and any(getattr(asked, k) != getattr(config, k) for k in given):
             reporter.message(f"resume: the model is {last / 'config.json'}'s; model flags are ignored")
         for k in MODEL_FLAGS:            # args.json records the model the run really trains
             cfg[k] = getattr(config, k)

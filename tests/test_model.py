@@ -1,6 +1,9 @@
 """The model and the sampler: cache = no cache, seeds, constrained decoding, top-k/top-p."""
+import json
+
 import pytest
 import torch
+from conftest import ROOT
 
 from mnisttext import codec, sample
 from mnisttext import tokenizer as tk
@@ -184,5 +187,5 @@ def test_gelu_field_old_configs_load_as_tanh_and_bad_values_are_refused():
     assert build_model(GPTConfig.from_dict(old)).transformer.h[0].mlp.gelu.approximate == "tanh"
     with pytest.raises(ValueError, match="gelu"):
         GPTConfig.from_dict(dict(d, gelu="relu"))
-    shipped = GPTConfig.from_dict(__import__("json").load(open("checkpoints/gpt/config.json")))
+    shipped = GPTConfig.from_dict(json.loads((ROOT / "checkpoints/gpt/config.json").read_text()))
     assert shipped.gelu == "tanh"                            # the weights were trained with it
