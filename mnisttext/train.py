@@ -93,8 +93,8 @@ def add_args(p):
     p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
     p.add_argument("--batch-size", type=int, help="global batch size (lines)")
     p.add_argument("--grad-accum", type=positive_int, default=1,
-                   help="micro-batches per step on each process (same gradient, less memory; "
-                        "on a CPU, batch 32 per micro-batch is fastest per line)")
+                   help="micro-batches per step on each process (the same gradient in less "
+                        "memory; under DDP one all-reduce per step)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
     p.add_argument("--grad-clip", type=float, help="clip grad norm (0 = off)")
     p.add_argument("--eval-every", type=float, default=60.0,
@@ -192,8 +192,8 @@ def train_step(fwd_model, model, opt, inputs, targets, cfg: dict, device) -> tor
 
     The gradient is the whole batch's: each micro-batch's mean loss is weighted by its share of
     the targets. Under DDP the gradients are all-reduced once, after the last micro-batch.
-    Micro-batches keep a CPU step's activations small enough to stay in cache, and fewer
-    all-reduces per line cost less. Returns the batch's mean loss (detached)."""
+    Micro-batches hold fewer activations at once (on the 2-core CPU here they were no faster).
+    Returns the batch's mean loss (detached)."""
     parts = min(cfg.get("grad_accum") or 1, len(inputs))
     n_targets = (targets != -1).sum()
     ddp = isinstance(fwd_model, torch.nn.parallel.DistributedDataParallel)
