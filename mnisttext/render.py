@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import codec
+
 
 def levels_to_tensor(levels: np.ndarray, bpp: int = 1) -> torch.Tensor:
     """(N, 30, 30) levels -> (N, 1, 30, 30) float in [0, 1] for torchvision."""
@@ -28,11 +30,14 @@ def save_images(levels: np.ndarray, paths, bpp: int = 1, scale: int = 1) -> None
         save_image(img, str(p))
 
 
-def grid_tensor(levels: np.ndarray, bpp: int = 1, cols: int = 8, scale: int = 2,
-                padding: int = 2, pad_value: float = 0.5) -> torch.Tensor:
-    from torchvision.utils import make_grid
-    t = upscale(levels_to_tensor(levels, bpp), scale)
-    return make_grid(t, nrow=cols, padding=padding, pad_value=pad_value)
+def to_pil(levels: np.ndarray, scale: int = 1, bpp: int = 1):
+    """(30, 30) levels -> a PIL grayscale image, each pixel scale x scale."""
+    from PIL import Image
+    top = (1 << bpp) - 1
+    a = (np.asarray(levels, dtype=np.uint16) * 255 // top).astype(np.uint8)
+    if scale > 1:
+        a = a.repeat(scale, 0).repeat(scale, 1)
+    return Image.fromarray(a, mode="L")
 
 
 def save_grid(levels: np.ndarray, path, bpp: int = 1, cols: int = 8, scale: int = 2,
@@ -61,6 +66,7 @@ def plot_training(metrics_paths, out_png, labels=None, minutes: bool = True,
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for i, p in enumerate(metrics_paths):
         recs = read_metrics(p)
@@ -78,6 +84,9 @@ def plot_training(metrics_paths, out_png, labels=None, minutes: bool = True,
         a.grid(alpha=0.3)
         a.legend()
         a.set_yscale("log")
+        # plain numbers on the log axis (not 6x10^1)
+        a.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        a.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
@@ -91,7 +100,6 @@ def partial_frame(bodies: list[str], n_done: int, bpp: int = 1, cols: int = 8,
     """Grid of partially generated images as (H, W, 3) uint8: the first n_done symbols drawn,
     the rest of the pixels tinted."""
     from torchvision.utils import make_grid
-    from . import codec
     levels = np.stack([codec.decode_partial(b[:n_done], bpp) for b in bodies])
     img = levels_to_tensor(levels, bpp).repeat(1, 3, 1, 1)            # (N, 3, 30, 30)
     done_px = n_done * codec.SYMBOL_BITS // bpp                        # pixels fully known
@@ -109,7 +117,6 @@ def save_generation_gif(lines: list[str], path, bpp: int = 1, cols: int = 8, sca
     """GIF of lines filling in symbol by symbol (one frame per `every` symbols = one pixel row
     at 1 bit per pixel), holding the finished grid at the end."""
     from PIL import Image
-    from . import codec
     bodies = [l[1:-1] for l in lines]
     n = codec.n_symbols(bpp)
     steps = list(range(0, n, every)) + [n]

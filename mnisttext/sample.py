@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from . import codec
 from . import tokenizer as tk
+from . import classifier
 
 
 def sample_next_token(logits: torch.Tensor, generator: torch.Generator | None = None,
@@ -59,48 +60,45 @@ class SampleSettings:
     bpp: int = 1
 
 
-def _autocast(device, dtype):
-    from .evaluate import autocast
-    return autocast(device, dtype)
+class SamplingError(RuntimeError):
+    """The model gave logits that cannot be sampled (NaN or all -inf); says what produced them."""
 
 
-def for_sampling(model, dtype: str = "auto"):
-    """The model to sample with: cast to bf16 once where that is asked for or available, and on
-    a CPU with the linear layers' weights prepacked for oneDNN (model.pack_for_cpu_decode).
-
-    Casting the weights once beats autocast, which would recast every weight at every one of
-    the 150 decode steps. Use the result with generate(..., dtype="fp32") (no autocast)."""
-    from .evaluate import bf16_supported
-    from .model import pack_for_cpu_decode
-    device = next(model.parameters()).device
-    if dtype == "bf16" or (dtype == "auto" and bf16_supported(device)):
-        import copy
-        fast = copy.deepcopy(model).to(torch.bfloat16)
-        pack_for_cpu_decode(fast)
-        return fast.eval()
-    return model
+def _allowed(body, sym_len, remaining, ended, rows):
+    """(n, V) bool: the tokens each row may take next under the line grammar."""
+    fin = remaining == 0                      # spelled out: ')' now, <pad> after it
+    allowed = body & (sym_len <= remaining[:, None])                    # (n, V)
+    if fin.any():
+        allowed[fin] = False
+        allowed[rows[fin], torch.where(ended[fin], tk.PAD_ID, tk.END_ID)] = True
+    return allowed, fin
 
 
-@torch.inference_mode()
-def generate(model, prefix: list[int], n: int, generator: torch.Generator,
-             settings: SampleSettings = SampleSettings(), device="cpu", dtype: str = "fp32",
-             on_step=None, grammar: tk.Grammar | None = None) -> torch.Tensor:
-    """Complete `prefix` (class digit, then tokens of the first symbols) into n full lines
-    -> (n, L) token ids; with BPE tokens, lines end at different places and <pad> follows ')'.
-
-    Constrained decoding: a row may only take body tokens that fit in its remaining symbols, and
-    once its 150*bpp symbols are spelled, ')' and then <pad>. on_step(t, tokens) is called after
-    position t is filled."""
-    n_sym = codec.n_symbols(settings.bpp)
-    grammar = grammar or tk.Grammar.character()
-    device = torch.device(device)
-    sym_len = torch.as_tensor(grammar.sym_len, device=device)                  # (V,)
+def _check_prefix(prefix, sym_len, n_sym) -> int:
     body = sym_len > 0
     if not prefix or not 0 <= prefix[0] <= 9 or not all(body[i] for i in prefix[1:]):
         raise ValueError("prefix must be a class digit followed by body tokens")
     given = int(sym_len[prefix[1:]].sum())
     if given >= n_sym:
         raise ValueError(f"prefix spells {given} symbols; at most {n_sym - 1} may be given")
+    return given
+
+
+@torch.inference_mode()
+def generate(model, prefix: list[int], n: int, generator: torch.Generator,
+             settings: SampleSettings = SampleSettings(), device="cpu", on_step=None,
+             grammar: tk.Grammar | None = None) -> torch.Tensor:
+    """Complete `prefix` (class digit, then tokens of the first symbols) into n full lines
+    -> (n, L) token ids; with BPE tokens, lines end at different places and <pad> follows ')'.
+
+    Constrained decoding: a row may only take body tokens that fit in its remaining symbols, and
+    once its 150*bpp symbols are spelled, ')' and then <pad>. on_step(t, tokens) is called after
+    position t is filled. The model runs in its own dtype (see packing.prepare_for_sampling)."""
+    n_sym = codec.n_symbols(settings.bpp)
+    grammar = grammar or tk.Grammar.character()
+    device = torch.device(device)
+    sym_len = torch.as_tensor(grammar.sym_len, device=device)                  # (V,)
+    given = _check_prefix(prefix, sym_len, n_sym)
     L = len(prefix) + (n_sym - given) + 1        # the longest a line can get: 1 symbol a token
     out = torch.full((n, L), tk.PAD_ID, dtype=torch.long, device=device)
     out[:, :len(prefix)] = torch.tensor(prefix, device=device)
@@ -108,39 +106,68 @@ def generate(model, prefix: list[int], n: int, generator: torch.Generator,
     ended = torch.zeros(n, dtype=torch.bool, device=device)
     rows = torch.arange(n, device=device)
     x = torch.tensor([prefix], device=device)                            # (1, P)
-    with _autocast(device, dtype):
-        if settings.use_cache:
-            cache = model.new_cache(1)
-            logits, _ = model(x, kv_cache=cache)                         # prefill once
-            cache = cache.expand(n)
-            logits = logits[:, -1].expand(n, -1)                         # (n, V)
+    cache = model.new_cache(1) if settings.use_cache else None
+    logits = model(x, kv_cache=cache)[0][:, -1].expand(n, -1)           # (n, V): prefill once
+    if cache is not None:
+        cache = cache.expand(n)
+    t = len(prefix)
+    while True:
+        allowed, fin = _allowed(sym_len > 0, sym_len, remaining, ended, rows)
+        logits = logits.float()
+        if not bool(torch.isfinite(logits).any(-1).all()) or bool(logits.isnan().any()):
+            raise SamplingError("the model produced NaN or infinite logits: its weights are "
+                                "broken (a diverged or corrupt checkpoint)")
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        tok = sample_next_token(logits, generator, settings.temperature, settings.top_k,
+                                settings.top_p)                     # (n,)
+        out[:, t] = tok
+        remaining -= sym_len[tok]
+        ended |= fin
+        if on_step:
+            on_step(t, out)
+        t += 1
+        if bool((remaining == 0).all()):   # the rest is ')' (or <pad>), nothing to sample
+            out[:, t] = torch.where(ended, tk.PAD_ID, tk.END_ID)
+            break
+        if cache is not None:
+            logits = model(tok[:, None], kv_cache=cache)[0][:, -1]      # (n, V)
         else:
-            logits = model(x)[0][:, -1].expand(n, -1)
-        t = len(prefix)
-        while True:
-            fin = remaining == 0                 # spelled out: ')' now, <pad> after it
-            allowed = body & (sym_len <= remaining[:, None])                    # (n, V)
-            if fin.any():
-                allowed[fin] = False
-                allowed[rows[fin], torch.where(ended[fin], tk.PAD_ID, tk.END_ID)] = True
-            logits = logits.float().masked_fill(~allowed, float("-inf"))
-            tok = sample_next_token(logits, generator, settings.temperature, settings.top_k,
-                                    settings.top_p)                     # (n,)
-            out[:, t] = tok
-            remaining -= sym_len[tok]
-            ended |= fin
-            if on_step:
-                on_step(t, out)
-            t += 1
-            if bool((remaining == 0).all()):   # the rest is ')' (or <pad>), nothing to sample
-                out[:, t] = torch.where(ended, tk.PAD_ID, tk.END_ID)
-                break
-            if settings.use_cache:
-                logits, _ = model(tok[:, None], kv_cache=cache)          # (n, 1, V)
-            else:
-                logits, _ = model(out[:, :t])                            # (n, t, V)
-            logits = logits[:, -1]
+            logits = model(out[:, :t])[0][:, -1]                        # (n, V)
     return out[:, :t + 1]
+
+
+def digit_seed(seed: int, digit: int) -> int:
+    """The seed contract: digit d's candidates come from generator seed*100 + d, so
+    `--digits 3` gives the same 3s as `--digits 0-9`."""
+    return seed * 100 + digit
+
+
+def sample_digits(model, digits: list[int], n: int, settings: SampleSettings, seed: int = 0,
+                  device="cpu", grammar: tk.Grammar | None = None, on_step=None) -> dict[int, list[str]]:
+    """n lines for each class digit -> {digit: lines}. The one entry point for unconditional
+    generation (CLI, evaluation, API, benchmarks): it owns the seed contract (digit_seed).
+    on_step(digit, t, tokens) is called after each position of each digit."""
+    out = {}
+    for d in digits:
+        gen = make_generator(digit_seed(seed, d), device)
+        step = (lambda t, toks, d=d: on_step(d, t, toks)) if on_step else None
+        toks = generate(model, [d], n, gen, settings, device, step, grammar)
+        out[d] = tokens_to_lines(toks, grammar)
+    return out
+
+
+def complete_prefixes(model, prefixes: list[list[int]], n: int, settings: SampleSettings,
+                      seed: int = 0, device="cpu", grammar: tk.Grammar | None = None,
+                      on_step=None) -> list[list[str]]:
+    """n completions of each token prefix (class digit + given body tokens) -> lines per prefix;
+    prefix j samples from generator seed*100 + j."""
+    out = []
+    for j, prefix in enumerate(prefixes):
+        gen = make_generator(digit_seed(seed, j), device)
+        step = (lambda t, toks, j=j: on_step(j, t, toks)) if on_step else None
+        out.append(tokens_to_lines(generate(model, prefix, n, gen, settings, device, step, grammar),
+                                   grammar))
+    return out
 
 
 def tokens_to_lines(tokens: torch.Tensor, grammar: tk.Grammar | None = None) -> list[str]:
@@ -164,13 +191,15 @@ class Reranked:
     kept: np.ndarray          # indices into lines, best first, distinct images
 
 
-def rerank(digit: int, lines: list[str], classifier, keep: int, temperature: float = 0.8,
+def rerank(digit: int, lines: list[str], reranker, keep: int, temperature: float = 0.8,
            bpp: int = 1) -> Reranked:
     """Score candidates by the classifier's p(digit | image) at `temperature`, keep the best
-    `keep` distinct images."""
-    from .classifier import probs
+    `keep` distinct images. temperature must be > 0 (0 would divide by zero, a negative one
+    would invert the ranking)."""
+    if not temperature > 0 or not np.isfinite(temperature):
+        raise ValueError(f"classifier temperature must be a finite number > 0, got {temperature}")
     levels = codec.binarize(codec.decode_batch(lines, bpp)[1], bpp)
-    p = probs(classifier, levels, temperature)[:, digit].cpu().numpy()
+    p = classifier.probs(reranker, levels, temperature)[:, digit].cpu().numpy()
     order = np.argsort(-p, kind="stable")
     kept, seen = [], set()
     for i in order:

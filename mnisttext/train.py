@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import checkpoint, data, evaluate
+from . import checkpoint, data, metrics, runtime
 from . import tokenizer as tk
 from .model import PRESETS, GPTConfig, build_model
 
@@ -71,8 +70,8 @@ def add_args(p):
     p.add_argument("--dropout", type=float, help="dropout probability")
     p.add_argument("--bit-embed", action=argparse.BooleanOptionalAction, default=None,
                    help="add an embedding of each symbol's 6 pixel bits to its token embedding")
-    p.add_argument("--gelu", choices=["none", "tanh"],
-                   help="the MLP's GELU: none = exact (the default), tanh = GPT-2's approximation")
+    p.add_argument("--gelu", choices=["exact", "tanh"],
+                   help="the MLP's GELU: exact (erf) or tanh (GPT-2's approximation)")
     p.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
                    help="one token per character, or BPE tokens learned on the training lines")
     p.add_argument("--bpe-vocab", type=int, default=512, help="BPE vocabulary size (with --tokenizer bpe)")
@@ -135,34 +134,6 @@ def model_config(cfg: dict, vocab_size: int) -> GPTConfig:
     return GPTConfig(vocab_size=vocab_size, **base)
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to serve big blocks from its heap and keep what is freed there.
-
-    By default glibc maps blocks over its mmap threshold (128 KiB, adapting up to 32 MiB) fresh
-    from the kernel and unmaps them when freed, and it returns freed memory at the top of its
-    heap to the kernel. A CPU training step allocates and frees hundreds of activation blocks
-    of many sizes, so their pages fault in again every step: 60,000-80,000 page faults a step
-    for the seed model at batch 32 on one core, against ~800 after this call, and the step was
-    10-20% faster. The cost: the process keeps its peak memory until it exits. False off Linux,
-    or where the C library has no mallopt or refuses the setting (musl)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def lr_at(cfg: dict, step: int, progress: float) -> float:
     """progress in [0, 1]: share of the step or time budget spent."""
     peak = cfg["lr"]
@@ -200,7 +171,7 @@ def train_step(fwd_model, model, opt, inputs, targets, cfg: dict, device) -> tor
     total = torch.zeros((), device=inputs.device)
     for i, (x, y) in enumerate(zip(inputs.tensor_split(parts), targets.tensor_split(parts))):
         with fwd_model.no_sync() if ddp and i < parts - 1 else contextlib.nullcontext():
-            with evaluate.autocast(device, cfg["dtype"]):
+            with runtime.autocast(device, cfg["dtype"]):
                 _, loss = fwd_model(x, y)
             share = (y != -1).sum() / n_targets
             (loss * share).backward()
@@ -293,7 +264,7 @@ def train(cfg: dict, reporter=None) -> dict:
     """Run training as configured by resolve_args(); returns the final metrics."""
     reporter = reporter or NullReporter()
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    device = pick_device(cfg["device"])
+    device = runtime.resolve_device(cfg["device"])
     if ddp:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -305,7 +276,7 @@ def train(cfg: dict, reporter=None) -> dict:
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     if device.type == "cpu":
-        keep_freed_memory()
+        runtime.keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     out = Path(cfg["out"])
@@ -425,7 +396,7 @@ def train(cfg: dict, reporter=None) -> dict:
     def evaluate_now(tokens):
         model.eval()
         shard = tokens[rank::world]
-        nll = evaluate.nll_per_image(model, shard, device=device, dtype=cfg["dtype"])
+        nll = metrics.nll_per_image(model, shard, device=device, dtype=cfg["dtype"])
         total = torch.tensor([nll.sum(), len(nll)], dtype=torch.float64)
         if ddp:
             dist.all_reduce(total)
@@ -529,7 +500,7 @@ def train(cfg: dict, reporter=None) -> dict:
     state.history.append([state.step, state.train_seconds, nll_full])
     result = {"step": state.step, "train_seconds": state.train_seconds, "tokens": state.tokens,
               "test_nll_nats": nll_full,
-              "test_bits_per_pixel": evaluate.nats_to_bits_per_pixel(nll_full),
+              "test_bits_per_pixel": metrics.nats_to_bits_per_pixel(nll_full),
               "eval_images": len(test_tokens)}
     if ddp:
         result.update(world=world, ddp_weights_identical=identical)

@@ -1,14 +1,12 @@
-"""The model and the sampler: cache = no cache, seeds, constrained decoding, top-k/top-p."""
+"""The model: cache = no cache, attention kernels, dropout, configs old and new."""
 import json
 
 import pytest
 import torch
 from conftest import ROOT
 
-from mnisttext import codec, sample
-from mnisttext import tokenizer as tk
-from mnisttext.model import (PRESETS, Dropout, GPTConfig, PackedLinear, build_model,
-                             causal_attention, pack_for_cpu_decode)
+from mnisttext.model import PRESETS, ConfigError, GPTConfig, build_model, causal_attention
+from mnisttext.runtime import Dropout
 
 
 def tiny(arch="gpt", seed=0):
@@ -70,27 +68,6 @@ def test_cpu_attention_equals_fused_kernel(chunks):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_packed_decode_model_matches_the_plain_bf16_model():
-    import copy
-    model = tiny()
-    plain = copy.deepcopy(model).to(torch.bfloat16)
-    fast = copy.deepcopy(model).to(torch.bfloat16)
-    if not pack_for_cpu_decode(fast):
-        pytest.skip("this PyTorch build has no oneDNN bf16 linear ops")
-    assert isinstance(fast.lm_head, PackedLinear) and isinstance(fast.transformer.h[0].mlp.c_fc, PackedLinear)
-    assert not pack_for_cpu_decode(tiny())                   # fp32 models are left alone
-    idx = torch.randint(0, 76, (4, 30))
-    with torch.inference_mode():
-        want = plain(idx)[0].float()
-        torch.testing.assert_close(fast(idx)[0].float(), want, atol=0.05, rtol=0.05)
-        cache = fast.new_cache(4)                            # and through the KV cache
-        steps = [fast(idx[:, :1], kv_cache=cache)[0]]
-        steps += [fast(idx[:, t:t + 1], kv_cache=cache)[0] for t in range(1, 30)]
-        torch.testing.assert_close(torch.cat(steps, 1).float(), want, atol=0.05, rtol=0.05)
-    out = sample.generate(sample.for_sampling(model, "bf16"), [7], 4, sample.make_generator(0))
-    assert all(codec.decode(line)[0] == 7 for line in sample.tokens_to_lines(out))
-
-
 def test_cpu_dropout_rate_scale_gradient_and_seed():
     d = Dropout(0.1).train()
     x = torch.ones(401, 1001, requires_grad=True)             # 4k + 1 elements: a partial last draw
@@ -122,70 +99,24 @@ def test_loss_is_mean_cross_entropy():
     torch.testing.assert_close(loss, want)
 
 
-@pytest.mark.parametrize("arch", ["gpt", "gru"])
-def test_cached_generation_equals_uncached(arch):
-    model = tiny(arch)
-    s_c = sample.SampleSettings(temperature=1.0, use_cache=True)
-    s_n = sample.SampleSettings(temperature=1.0, use_cache=False)
-    a = sample.generate(model, [3], 4, sample.make_generator(7), s_c)
-    b = sample.generate(model, [3], 4, sample.make_generator(7), s_n)
-    assert torch.equal(a, b)
-
-
-def test_same_seed_same_output_and_well_formed():
-    model = tiny()
-    s = sample.SampleSettings(temperature=1.5)
-    a = sample.generate(model, [9], 6, sample.make_generator(1), s)
-    b = sample.generate(model, [9], 6, sample.make_generator(1), s)
-    c = sample.generate(model, [9], 6, sample.make_generator(2), s)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    lines = sample.tokens_to_lines(a)
-    assert lines == [tk.decode_ids(tk.build(), r) for r in a]   # fast path = tokenizer
-    labels, _ = codec.decode_batch(lines)                          # raises if malformed
-    assert list(labels) == [9] * 6
-
-
-def test_prefix_is_kept():
-    model = tiny()
-    prefix = [2] + [tk.SYMBOL_OFFSET + 5] * 20
-    out = sample.generate(model, prefix, 3, sample.make_generator(0), sample.SampleSettings())
-    assert (out[:, :21] == torch.tensor(prefix)).all()
-
-
-def test_sample_next_token_greedy_topk_topp():
-    g = torch.Generator().manual_seed(0)
-    logits = torch.tensor([[0.0, 1.0, 3.0, 2.0]]).expand(2000, -1)
-    assert (sample.sample_next_token(logits, g, temperature=0) == 2).all()
-    k2 = sample.sample_next_token(logits, g, 1.0, top_k=2)
-    assert set(k2.tolist()) == {2, 3}
-    p = torch.softmax(logits[0], -1)                        # 0.032 0.087 0.644 0.237
-    top = sample.sample_next_token(logits, g, 1.0, top_p=0.5)
-    assert set(top.tolist()) == {2}
-    top = sample.sample_next_token(logits, g, 1.0, top_p=0.7)
-    assert set(top.tolist()) == {2, 3} and p[2] < 0.7
-    full = sample.sample_next_token(logits, g, 1.0)
-    freq = torch.bincount(full, minlength=4).float() / len(full)
-    torch.testing.assert_close(freq, p, atol=0.04, rtol=0)
-    # masked (-inf) tokens between, before and after allowed ones are never drawn
-    inf = float("-inf")
-    masked = torch.tensor([[inf, 0.0, inf, inf, 1.0, inf]]).expand(20000, -1)
-    got = torch.bincount(sample.sample_next_token(masked, g, 1.0), minlength=6).float() / 20000
-    assert got[[0, 2, 3, 5]].sum() == 0 and abs(got[4] - 1 / (1 + 1 / 2.718281828)) < 0.02
-    last = torch.tensor([[inf, inf, inf, 0.0]])
-    assert sample.sample_next_token(last, g, 1.0).item() == 3
-    with pytest.raises(ValueError):
-        sample.sample_next_token(logits, g, -1.0)
-    with pytest.raises(ValueError):
-        sample.sample_next_token(logits, g, 1.0, top_p=0.0)
-
-
 def test_gelu_field_old_configs_load_as_tanh_and_bad_values_are_refused():
     d = GPTConfig(**PRESETS["tiny"]).to_dict()
-    assert d["gelu"] == "none"                               # new models: the exact GELU
+    assert d["gelu"] == "exact"                              # new models: the exact GELU
     old = {k: v for k, v in d.items() if k != "gelu"}        # a config.json from before the field
     assert GPTConfig.from_dict(old).gelu == "tanh"
     assert build_model(GPTConfig.from_dict(old)).transformer.h[0].mlp.gelu.approximate == "tanh"
     with pytest.raises(ValueError, match="gelu"):
         GPTConfig.from_dict(dict(d, gelu="relu"))
+    assert GPTConfig.from_dict(dict(d, gelu="none")).gelu == "exact"   # the field's old name
     shipped = GPTConfig.from_dict(json.loads((ROOT / "checkpoints/gpt/config.json").read_text()))
     assert shipped.gelu == "tanh"                            # the weights were trained with it
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(n_head=3), "n_head"), (dict(n_embd="256"), "n_embd"), (dict(n_layer=0), "n_layer"),
+    (dict(dropout=1.5), "dropout"), (dict(n_embd=1 << 20, n_layer=1000), "parameters"),
+    (dict(vocab_size=10), "vocab_size"), (dict(bias="yes"), "bias"), (dict(arch="lstm"), "arch")])
+def test_bad_configs_name_the_field_before_allocating(change, field):
+    d = dict(GPTConfig(**PRESETS["tiny"]).to_dict(), **change)
+    with pytest.raises(ConfigError, match=field):
+        GPTConfig.from_dict(d)
