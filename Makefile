@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench bench-bpe flagship clean
+.PHONY: setup demo test test-fast serve bench flagship clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,30 +13,29 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# the main job on the shipped checkpoint: pictures in outputs/ (untracked)
 demo: $(STAMP)
-	$(PY) cli.py generate --digits 0-9
+	$(PY) -m mnisttext generate --digits 0-9
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+serve: $(STAMP)
+	$(PY) -m mnisttext serve
+
 bench: $(STAMP)
-	$(PY) benchmarks/train_speed.py
 	$(PY) benchmarks/sample_speed.py
-
-# generate-and-rerank latency of the seed architecture with 128 BPE tokens (trains it first: ~25 min, one core)
-runs/seedbpe128/best/model.safetensors: | $(STAMP)
-	$(PY) cli.py train --preset seed --dropout 0 --tokenizer bpe --bpe-vocab 128 --lr 2e-3 --minutes 25 \
-		--threads 1 --eval-every 300 --out runs/seedbpe128
-
-bench-bpe: runs/seedbpe128/best/model.safetensors
-	$(PY) benchmarks/sample_speed.py --checkpoint runs/seedbpe128/best --repeats 9 --no-cache-repeats 3
+	$(PY) benchmarks/train_speed.py
 
 # the shipped checkpoints/gpt: two stages on one CPU core each (about 4 hours in all)
 flagship: $(STAMP)
-	$(PY) cli.py train --recipe flagship --minutes 115 --threads 1 --eval-every 300 --eval-images 1000 --out runs/flagship
-	$(PY) cli.py train --recipe flagship --init-from runs/flagship/best --lr 1e-3 --warmup-steps 100 \
+	$(PY) -m mnisttext train --recipe flagship --minutes 115 --threads 1 --eval-every 300 --eval-images 1000 --out runs/flagship
+	$(PY) -m mnisttext train --recipe flagship --init-from runs/flagship/best --lr 1e-3 --warmup-steps 100 \
 		--seed 2 --minutes 112 --threads 1 --eval-every 600 --eval-images 1000 --out runs/flagship2
-	$(PY) cli.py ship runs/flagship2/best --out checkpoints/gpt
+	$(PY) -m mnisttext ship runs/flagship2/best --out runs/shipped-gpt
 
 clean:
-	rm -rf $(VENV) runs decoded .pytest_cache
+	rm -rf $(VENV) runs outputs .pytest_cache

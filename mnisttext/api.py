@@ -100,20 +100,31 @@ class Model:
                  on_step=None) -> list[str]:
         """Keep the first `rows` pixel rows (or `symbols` symbols) of a line or a 30x30 image and
         sample the rest, `samples` times -> full lines. on_step as in generate()."""
-        line = self._as_line(line_or_levels, label)
+        step = (lambda j, n, b: on_step(n, b)) if on_step else None
+        return self.complete_many([self._as_line(line_or_levels, label)], rows, samples,
+                                  temperature, top_k, top_p, seed, symbols, step)[0]
+
+    def complete_many(self, lines: list[str], rows: int = 15, samples: int = 6, temperature=0.8,
+                      top_k=None, top_p=None, seed=0, symbols: int | None = None,
+                      on_step=None) -> list[list[str]]:
+        """complete() of several lines; line j samples from generator seed*100 + j.
+        on_step(j, symbols_done, bodies)."""
+        for line in lines:
+            codec.check_line(line, self.bpp)
         n_sym = codec.n_symbols(self.bpp)
         keep = symbols if symbols is not None else rows * codec.SIDE * self.bpp // codec.SYMBOL_BITS
         if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep < n_sym:
             raise ValueError(f"rows/symbols: keep between 0 and {n_sym - 1} symbols "
                              f"(0..{codec.SIDE - 1} rows), got {keep}")
         self._check_counts(samples, 1)
-        prefix = tk.encode_lines(self.tokenizer, [line[:1 + keep]])[0]
+        prefixes = tk.encode_lines(self.tokenizer, [line[:1 + keep] for line in lines])
         step = None
         if on_step:
-            step = lambda j, t, toks: self._report(toks, t, len(prefix) - 1 - keep, on_step)
-        return sample.complete_prefixes(self.sampler, [prefix], samples,
+            step = lambda j, t, toks: self._report(toks, t, len(prefixes[j]) - 1 - keep,
+                                                   lambda n, b: on_step(j, n, b))
+        return sample.complete_prefixes(self.sampler, prefixes, samples,
                                         self.settings(temperature, top_k, top_p), seed,
-                                        self.device, self.grammar, step)[0]
+                                        self.device, self.grammar, step)
 
     def classify(self, line_or_levels, label: int = 0) -> dict:
         """Class probabilities of an image: the character model's by Bayes' rule over the ten

@@ -24,10 +24,9 @@ def upscale(t: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def save_images(levels: np.ndarray, paths, bpp: int = 1, scale: int = 1) -> None:
-    from torchvision.utils import save_image
-    t = upscale(levels_to_tensor(levels, bpp), scale)
-    for img, p in zip(t, paths):
-        save_image(img, str(p))
+    """One grayscale PNG per image."""
+    for lv, p in zip(levels, paths):
+        to_pil(lv, scale, bpp).save(p)
 
 
 def to_pil(levels: np.ndarray, scale: int = 1, bpp: int = 1):

@@ -11,6 +11,7 @@ sets its handler. Every failure a user can cause ends as one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .. import __version__
@@ -19,9 +20,15 @@ from .common import EXIT_BAD_INPUT, UsageError, error, user_errors
 COMMANDS = ("data_cmds", "sample_cmds", "eval_cmd", "train_cmds", "serve_cmd")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported in one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="mnisttext", description="Handwritten digits as text: export, train, generate, decode.",
         epilog="examples:\n  mnisttext generate --digits 0-9\n  mnisttext decode outputs/lines.txt --grid\n"
                "  mnisttext train --minutes 5 --out runs/first\n",

@@ -39,8 +39,16 @@ def error(msg: str) -> None:
     rich_error(" ".join(str(msg).split()))          # one line, whatever the message held
 
 
-class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown, the epilog's examples kept as written."""
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Real defaults shown (none for switches and for defaults the help already words), the
+    epilog's examples kept as written."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if "default" in h or d is None or d is False or d is argparse.SUPPRESS or not action.option_strings:
+            return h
+        return f"{h} (default: {d})"
 
 
 def command(sub, name: str, help: str, examples: list[str], description: str | None = None):

@@ -1,0 +1,111 @@
+"""`mnisttext eval`: the numbers of the model card for one checkpoint, or several side by side.
+
+    mnisttext eval                                         # the shipped checkpoint
+    mnisttext eval --checkpoint runs/x/best --test-images 2000 --samples-per-class 20
+    mnisttext eval --compare checkpoints/gpt runs/x/best --names shipped,mine --json
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..evaluate import Evaluation
+from ..paths import shipped
+from ..progress import bar, console, table
+from ..runtime import resolve_device
+from .common import UsageError, command, device_arg, error, int_range, user_errors
+
+PERCENT = "%"
+ROWS = [   # (label, key, unit)
+    ("test NLL (nats/image)", "test_nll_nats", ""),
+    ("test bits/pixel (784 px)", "test_bits_per_pixel", ""),
+    ("test images", "test_nll_images", ""),
+    ("generative classification", "generative_accuracy", PERCENT),
+    ("raw T=1.0 conditional accuracy", "raw_t1_conditional_accuracy", PERCENT),
+    ("raw T=0.8 conditional accuracy", "raw_t08_conditional_accuracy", PERCENT),
+    ("reranked 8/64 conditional accuracy", "reranked_conditional_accuracy", PERCENT),
+    ("raw T=1.0 Fréchet", "raw_t1_frechet", ""),
+    ("raw T=0.8 Fréchet", "raw_t08_frechet", ""),
+    ("reranked Fréchet", "reranked_frechet", ""),
+    ("Fréchet floor (train vs test)", "frechet_floor_train_vs_test", ""),
+    ("raw T=1.0 diversity (vs test)", "raw_t1_diversity", ""),
+    ("reranked diversity (vs test)", "reranked_diversity", ""),
+    ("raw T=1.0 copies of train", "raw_t1_copy_rate", PERCENT),
+    ("reranked copies of train", "reranked_copy_rate", PERCENT),
+    ("raw T=1.0 NN Hamming median", "raw_t1_nn_hamming_median", ""),
+    ("params", "params", ""),
+    ("vocabulary", "vocab_size", ""),
+    ("tokens per image (test)", "tokens_per_image", ""),
+    ("generate 64 + rerank, s/digit", "rerank_seconds_per_digit", ""),
+]
+
+
+def register(sub) -> None:
+    v = command(sub, "eval", "test NLL, generative classification, sample quality", [
+        "mnisttext eval",
+        "mnisttext eval --checkpoint runs/x/best --test-images 2000 --samples-per-class 20",
+        "mnisttext eval --compare checkpoints/gpt runs/x/best --names shipped,mine"])
+    v.add_argument("--checkpoint", default=None, help="character model folder (default: the shipped one)")
+    v.add_argument("--compare", nargs="+", help="evaluate several checkpoints side by side")
+    v.add_argument("--names", default=None, help="comma-separated column names for --compare")
+    v.add_argument("--corpus", default="corpus", help="folder with train.txt and test.txt")
+    v.add_argument("--classifier", default=None, help="the reranker (default: the shipped one)")
+    v.add_argument("--eval-classifier", default=None,
+                   help="the independent classifier that grades samples (default: the shipped one)")
+    v.add_argument("--test-images", type=int_range(1), default=None,
+                   help="test lines for the NLL (default: the whole test split)")
+    v.add_argument("--gen-class-images", type=int_range(1), default=1000,
+                   help="test lines for generative classification (10 passes each)")
+    v.add_argument("--samples-per-class", type=int_range(2), default=100, help="raw samples per digit")
+    v.add_argument("--seed", type=int, default=0, help="sampling seed")
+    v.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto")
+    v.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="model dtype")
+    v.add_argument("--json", action="store_true", help="one JSON object on stdout instead of a table")
+    v.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    checkpoints = args.compare or [args.checkpoint or str(shipped("gpt"))]
+    names = args.names.split(",") if args.names else [str(c) for c in checkpoints]
+    if len(names) != len(checkpoints):
+        raise UsageError(f"--names has {len(names)} entries for {len(checkpoints)} checkpoints")
+    with bar() as prog:
+        tasks = {}
+
+        def progress(stage, done, total):
+            if stage not in tasks:
+                tasks[stage] = prog.add_task(stage, total=total)
+            prog.update(tasks[stage], completed=done, total=total)
+
+        ev = Evaluation(args.corpus, args.classifier, args.eval_classifier, resolve_device(args.device),
+                        args.dtype, args.test_images, args.gen_class_images, args.samples_per_class,
+                        seed=args.seed, progress=progress)
+        results, failed = [], 0
+        for ck, name in zip(checkpoints, names):
+            tasks.clear()
+            console.print(f"evaluating {name}")
+            try:
+                results.append(ev.run(ck))
+            except user_errors() as e:     # one bad checkpoint must not throw the others' numbers away
+                error(f"{ck}: {e}")
+                results.append({})
+                failed += 1
+    _print(args, names, results)
+    return 2 if failed else 0
+
+
+def _fmt(v, unit):
+    if v == "" or v is None:
+        return ""
+    return f"{100 * v:.1f}%" if unit == PERCENT else v
+
+
+def _print(args, names, results) -> None:
+    if args.json:
+        obj = results[0] if len(results) == 1 else dict(zip(names, results))
+        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+        return
+    rows = [[label] + [_fmt(r.get(key, ""), unit) for r in results] for label, key, unit in ROWS]
+    keys = sorted({k for r in results for k in r.get("seconds", {})})
+    rows += [[f"seconds: {k}"] + [r.get("seconds", {}).get(k, "") for r in results] for k in keys]
+    table("mnisttext eval", ["metric"] + names, rows)
