@@ -24,3 +24,12 @@ def needs_mnist():
 @pytest.fixture(scope="session")
 def test_lines():
     return (CORPUS / "test.txt").read_text().splitlines()
+
+
+def run_cli(argv, capsys=None):
+    """mnisttext.cli.main(argv) -> its exit status, with argparse's SystemExit turned into one."""
+    from mnisttext import cli
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnisttext import cli, codec, evaluate, sample
+from mnisttext import cli, codec, metrics, sample
 from mnisttext import tokenizer as tk
 from mnisttext.model import GPT, GPTConfig
 from conftest import CORPUS
@@ -40,9 +40,9 @@ def test_padded_nll_is_the_sum_over_each_line_own_tokens(bpe, lines):
     model = GPT(GPTConfig(vocab_size=160, n_layer=1, n_head=2, n_embd=32)).eval()
     batch = torch.from_numpy(tk.encode_corpus(bpe, lines[:12])).long()
     assert (batch == tk.PAD_ID).any()
-    padded = evaluate.nll_per_image(model, batch, dtype="fp32")
+    padded = metrics.nll_per_image(model, batch, dtype="fp32")
     for r, row in enumerate(tk.encode_lines(bpe, lines[:12])):
-        one = evaluate.nll_per_image(model, torch.tensor([row]), dtype="fp32")[0]
+        one = metrics.nll_per_image(model, torch.tensor([row]), dtype="fp32")[0]
         assert padded[r] == pytest.approx(one, rel=1e-5)
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnisttext import cli, codec, evaluate
+from mnisttext import cli, codec, metrics
 from mnisttext.model import GPTConfig
-from conftest import CORPUS, ROOT
+from conftest import CORPUS, ROOT, run_cli
 
 
 class Uniform(torch.nn.Module):
@@ -24,40 +24,44 @@ class Uniform(torch.nn.Module):
 
 def test_uniform_model_nll_is_analytic():
     tokens = torch.randint(10, 74, (5, 152))
-    nll = evaluate.nll_per_image(Uniform(), tokens, dtype="fp32")
+    nll = metrics.nll_per_image(Uniform(), tokens, dtype="fp32")
     np.testing.assert_allclose(nll, 151 * math.log(76), rtol=1e-6)
-    assert evaluate.nats_to_bits_per_pixel(784 * math.log(2)) == pytest.approx(1.0)
+    assert metrics.nats_to_bits_per_pixel(784 * math.log(2)) == pytest.approx(1.0)
 
 
 def test_generative_classification_picks_the_likeliest_class():
     logp = np.array([[-5.0, -1.0, -9.0], [-1.0, -2.0, -3.0]])
-    assert evaluate.generative_accuracy(logp, np.array([1, 0])) == 1.0
-    assert evaluate.generative_accuracy(logp, np.array([0, 0])) == 0.5
+    assert metrics.generative_accuracy(logp, np.array([1, 0])) == 1.0
+    assert metrics.generative_accuracy(logp, np.array([0, 0])) == 0.5
 
 
 def test_frechet_distance_known_cases():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2000, 8))
-    assert evaluate.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     shift = np.full(8, 0.5)
-    assert evaluate.frechet_distance(a, a + shift) == pytest.approx(8 * 0.25, rel=1e-6)
+    assert metrics.frechet_distance(a, a + shift) == pytest.approx(8 * 0.25, rel=1e-6)
     # a vs 2a: covariances S and 4S, so tr S + 4 tr S - 2 tr(2S) + |mean a|^2 = tr S + |mean|^2
     want = np.trace(np.cov(a, rowvar=False)) + (a.mean(0) ** 2).sum()
-    assert evaluate.frechet_distance(a, 2 * a) == pytest.approx(want, rel=1e-6)
+    assert metrics.frechet_distance(a, 2 * a) == pytest.approx(want, rel=1e-6)
 
 
 def test_hamming_diversity_and_copies():
     rng = np.random.default_rng(1)
     lv = (rng.random((6, 30, 30)) < 0.3).astype(np.uint8)
-    d = evaluate.hamming_matrix(lv, lv)
+    d = metrics.hamming_matrix(lv, lv)
     want = (lv.reshape(6, 1, -1) != lv.reshape(1, 6, -1)).sum(-1)
     np.testing.assert_array_equal(d, want)
     same = np.repeat(lv[:1], 4, 0)
-    assert evaluate.mean_pairwise_hamming(same) == 0.0
+    assert metrics.mean_pairwise_hamming(same) == 0.0
     labels = np.zeros(6, int)
-    assert evaluate.diversity(lv, labels, lv, labels) == pytest.approx(1.0)
+    ref = np.zeros_like(lv)
+    ref[::2] = 1                                               # three all-on, three all-off images
+    assert metrics.mean_pairwise_hamming(ref) == 18 * 900 / 30  # 18 of 30 ordered pairs differ
+    assert metrics.diversity(lv, labels, ref, labels) == pytest.approx(
+        metrics.mean_pairwise_hamming(lv) / metrics.mean_pairwise_hamming(ref))
     lines = codec.encode_levels(lv, labels)
-    c = evaluate.copies(lines[:3], lv[:3], set(lines[1:]), lv[1:])
+    c = metrics.copies(lines[:3], lv[:3], set(lines[1:]), lv[1:])
     assert c["copy_rate"] == pytest.approx(2 / 3) and c["nn_hamming_min"] == 0
 
 
@@ -66,7 +70,7 @@ def test_generate_rejects_bad_arguments(capsys):
                         (["--temperature", "-1"], "--temperature"), (["--top-p", "0"], "--top-p"),
                         (["--top-p", "1.5"], "--top-p"), (["--keep", "65"], "--keep"),
                         (["--checkpoint", "/nonexistent"], "no checkpoint")]:
-        rc = cli.main(["generate", *argv])
+        rc = run_cli(["generate", *argv])
         err = capsys.readouterr().err
         assert rc == 2 and words in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err
@@ -124,7 +128,7 @@ def test_eval_json_end_to_end(tiny_run, capsys):
     res = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert res["test_nll_images"] == 60 and 0 < res["test_nll_nats"] < 151 * math.log(76)
-    assert 0 <= res["generative_accuracy"] <= 1 and res["generative_accuracy_images"] == 20
+    assert res["generative_accuracy"] in {k / 20 for k in range(21)} and res["generative_accuracy_images"] == 20
     assert res["raw_t1_samples"] == 30 and res["reranked_samples"] == 80
     assert res["frechet_floor_train_vs_test"] >= 0 and "test_nll" in res["seconds"]
 
@@ -143,5 +147,5 @@ def test_eval_compare_takes_a_corpus_per_checkpoint(tiny_run, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["a"]["test_nll_images"] == 60 and res["b"]["test_nll_images"] == 30
     assert res["b"]["corpus"] == str(other) and res["a"]["tokens_per_image"] == 152
-    assert cli.main(["eval", "--compare", best, best, "--corpora", str(corpus)]) == 2
+    assert run_cli(["eval", "--compare", best, best, "--corpora", str(corpus)]) == 2
     assert "--corpora has 1 entries for 2" in capsys.readouterr().err

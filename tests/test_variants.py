@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mnisttext import cli, codec, data
+from conftest import run_cli
 
 
 def write_idx(raw, prefix, images, labels):
@@ -38,8 +39,8 @@ def test_other_idx_dataset_exports(fashion_root, tmp_path):
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
-    assert cli.main(["export", "--dataset", "cifar", "--data-root", str(tmp_path)]) == 2
-    assert "unknown dataset" in capsys.readouterr().err
+    assert run_cli(["export", "--dataset", "cifar", "--data-root", str(tmp_path)]) == 2
+    assert "--dataset" in capsys.readouterr().err
 
 
 def test_gray_levels_export_decode_train_generate(fashion_root, tmp_path, capsys):

@@ -49,6 +49,8 @@ def register(sub) -> None:
     v.add_argument("--compare", nargs="+", help="evaluate several checkpoints side by side")
     v.add_argument("--names", default=None, help="comma-separated column names for --compare")
     v.add_argument("--corpus", default="corpus", help="folder with train.txt and test.txt")
+    v.add_argument("--corpora", default=None,
+                   help="comma-separated corpus per --compare checkpoint (e.g. a 4-bit one)")
     v.add_argument("--classifier", default=None, help="the reranker (default: the shipped one)")
     v.add_argument("--eval-classifier", default=None,
                    help="the independent classifier that grades samples (default: the shipped one)")
@@ -69,6 +71,9 @@ def cmd_eval(args) -> int:
     names = args.names.split(",") if args.names else [str(c) for c in checkpoints]
     if len(names) != len(checkpoints):
         raise UsageError(f"--names has {len(names)} entries for {len(checkpoints)} checkpoints")
+    corpora = args.corpora.split(",") if args.corpora else [args.corpus] * len(checkpoints)
+    if len(corpora) != len(checkpoints):
+        raise UsageError(f"--corpora has {len(corpora)} entries for {len(checkpoints)} checkpoints")
     with bar() as prog:
         tasks = {}
 
@@ -77,15 +82,16 @@ def cmd_eval(args) -> int:
                 tasks[stage] = prog.add_task(stage, total=total)
             prog.update(tasks[stage], completed=done, total=total)
 
-        ev = Evaluation(args.corpus, args.classifier, args.eval_classifier, resolve_device(args.device),
-                        args.dtype, args.test_images, args.gen_class_images, args.samples_per_class,
-                        seed=args.seed, progress=progress)
+        evs = {c: Evaluation(c, args.classifier, args.eval_classifier, resolve_device(args.device),
+                             args.dtype, args.test_images, args.gen_class_images,
+                             args.samples_per_class, seed=args.seed, progress=progress)
+               for c in dict.fromkeys(corpora)}       # everything loaded before the long work
         results, failed = [], 0
-        for ck, name in zip(checkpoints, names):
+        for ck, name, corpus in zip(checkpoints, names, corpora):
             tasks.clear()
-            console.print(f"evaluating {name}")
+            console.print(f"evaluating {name} on {corpus}")
             try:
-                results.append(ev.run(ck))
+                results.append(evs[corpus].run(ck))
             except user_errors() as e:     # one bad checkpoint must not throw the others' numbers away
                 error(f"{ck}: {e}")
                 results.append({})

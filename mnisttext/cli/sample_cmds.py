@@ -148,12 +148,12 @@ def _complete_sources(args) -> list[str]:
 def cmd_complete(args) -> int:
     out = writable_file(args.out, "--out")
     sources = _complete_sources(args)
+    model = Model(args.checkpoint, None, args.device, args.dtype)
     for k, line in enumerate(sources):
         try:
-            codec.check_line(line)
+            codec.check_line(line, model.bpp)
         except codec.CodecError as e:
             raise UsageError(f"line {k + 1} of the input: {e}") from None
-    model = Model(args.checkpoint, None, args.device, args.dtype)
     keep = args.symbols if args.symbols is not None else args.rows * codec.SIDE * model.bpp // codec.SYMBOL_BITS
     if not keep < codec.n_symbols(model.bpp):
         raise UsageError(f"--symbols {keep}: at most {codec.n_symbols(model.bpp) - 1}")

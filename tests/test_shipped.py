@@ -1,0 +1,49 @@
+"""The files this repository ships: the corpus, the character model, the two classifiers and
+the examples in the package. A change that alters what they mean fails here."""
+import hashlib
+import json
+
+import pytest
+import torch
+
+from mnisttext import checkpoint, classifier, codec, data, metrics, paths
+from mnisttext import tokenizer as tk
+from mnisttext.model import GPTConfig
+from conftest import CORPUS, ROOT
+
+CLASSIFIERS = {"classifier": "cnn", "eval_classifier": "resnet"}
+
+
+def test_the_package_finds_the_repository_checkpoints():
+    assert paths.checkpoints_dir() == ROOT / "checkpoints"
+    assert paths.is_shipped(ROOT / "checkpoints" / "gpt" / "x") and not paths.is_shipped(ROOT / "runs")
+
+
+def test_corpus_matches_its_sums():
+    sums = data.read_sums(CORPUS)
+    assert set(sums) == {"train.txt", "test.txt"}
+    for name, h in sums.items():
+        assert hashlib.sha256((CORPUS / name).read_bytes()).hexdigest() == h
+
+
+def test_character_model_config_and_likelihood():
+    cfg = json.loads((ROOT / "checkpoints/gpt/config.json").read_text())
+    assert GPTConfig.from_dict(cfg).gelu == "tanh"             # the weights were trained with it
+    model, config, tok = checkpoint.load_model(ROOT / "checkpoints" / "gpt")
+    assert (config.n_layer, config.n_head, config.n_embd) == (6, 4, 256) and tk.is_character_tokenizer(tok)
+    lines = data.read_split(CORPUS, "test")[:50]
+    nll = metrics.nll_per_image(model, torch.from_numpy(tk.encode_corpus(tok, lines)), dtype="fp32")
+    assert nll.mean() == pytest.approx(49.718, abs=0.01)      # nats per image, first 50 test lines
+
+
+@pytest.mark.parametrize("name", list(CLASSIFIERS))
+def test_classifiers_are_accurate(name, test_lines):
+    model, config = classifier.load_classifier(ROOT / "checkpoints" / name)
+    assert config.arch == CLASSIFIERS[name]
+    labels, levels = codec.decode_batch(test_lines[:2000])
+    assert classifier.accuracy(model, levels, labels) >= 0.992
+
+
+def test_examples_are_the_first_test_lines():
+    assert paths.examples_file().read_text().splitlines() == \
+        (CORPUS / "test.txt").read_text().splitlines()[:300]
