@@ -1,6 +1,8 @@
 """Pictures: decoded lines -> PNG files and grids, training curves, generation GIFs.
 
-    python cli.py decode corpus/test.txt --grid --out sample_img/test_grid.png
+    from mnisttext import render
+    render.save_grid(levels, "grid.png", cols=8, scale=3)      # levels: (N, 30, 30)
+    render.to_pil(levels[0], scale=4)                            # one PIL image
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torchvision.utils import make_grid, save_image
 
 from . import codec
 
@@ -31,7 +35,6 @@ def save_images(levels: np.ndarray, paths, bpp: int = 1, scale: int = 1) -> None
 
 def to_pil(levels: np.ndarray, scale: int = 1, bpp: int = 1):
     """(30, 30) levels -> a PIL grayscale image, each pixel scale x scale."""
-    from PIL import Image
     top = (1 << bpp) - 1
     a = (np.asarray(levels, dtype=np.uint16) * 255 // top).astype(np.uint8)
     if scale > 1:
@@ -42,7 +45,6 @@ def to_pil(levels: np.ndarray, scale: int = 1, bpp: int = 1):
 def save_grid(levels: np.ndarray, path, bpp: int = 1, cols: int = 8, scale: int = 2,
               marks: np.ndarray | None = None) -> None:
     """One grid image. `marks` (N,) bool: draw those cells with a green frame (kept candidates)."""
-    from torchvision.utils import make_grid, save_image
     t = upscale(levels_to_tensor(levels, bpp), scale).repeat(1, 3, 1, 1)
     if marks is not None:
         t = torch.nn.functional.pad(t, (2, 2, 2, 2), value=0.0)
@@ -62,10 +64,10 @@ def plot_training(metrics_paths, out_png, labels=None, minutes: bool = True,
                   offsets=None) -> None:
     """Loss and test NLL against training minutes, one line per run; offsets (minutes, or steps
     without `minutes`) shift a run along x, e.g. a second stage to where the first one ended."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    import matplotlib                 # ~0.5 s to import: only plots pay for it
+    matplotlib.use("Agg")             # no display needed
+    import matplotlib.pyplot as plt   # after use("Agg")
+    import matplotlib.ticker          # plain tick labels
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for i, p in enumerate(metrics_paths):
         recs = read_metrics(p)
@@ -98,7 +100,6 @@ def partial_frame(bodies: list[str], n_done: int, bpp: int = 1, cols: int = 8,
                   scale: int = 4) -> np.ndarray:
     """Grid of partially generated images as (H, W, 3) uint8: the first n_done symbols drawn,
     the rest of the pixels tinted."""
-    from torchvision.utils import make_grid
     levels = np.stack([codec.decode_partial(b[:n_done], bpp) for b in bodies])
     img = levels_to_tensor(levels, bpp).repeat(1, 3, 1, 1)            # (N, 3, 30, 30)
     done_px = n_done * codec.SYMBOL_BITS // bpp                        # pixels fully known
@@ -115,7 +116,6 @@ def save_generation_gif(lines: list[str], path, bpp: int = 1, cols: int = 8, sca
                         every: int = 5, ms: int = 60) -> None:
     """GIF of lines filling in symbol by symbol (one frame per `every` symbols = one pixel row
     at 1 bit per pixel), holding the finished grid at the end."""
-    from PIL import Image
     bodies = [l[1:-1] for l in lines]
     n = codec.n_symbols(bpp)
     steps = list(range(0, n, every)) + [n]
@@ -127,7 +127,6 @@ def save_generation_gif(lines: list[str], path, bpp: int = 1, cols: int = 8, sca
 def save_completion_figure(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path,
                            n_known_px: int, bpp: int = 1, scale: int = 3) -> None:
     """Image GPT's figure: each row is input (unknown part tinted) | completions | original."""
-    from torchvision.utils import make_grid, save_image
     tiles = []
     for given, completions, original in rows:
         inp = levels_to_tensor(given[None], bpp).repeat(1, 3, 1, 1)
