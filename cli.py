@@ -1,7 +1,7 @@
-"""mnisttext command line. `python cli.py --help`; the same as the `mnisttext` console script.
+"""The `mnisttext` command, run from a clone without installing: `python cli.py --help`.
 
-    python cli.py generate --digits 0-9          # the main job
-    python cli.py export --data-root ../shared/data
+    python cli.py generate --digits 0-9          # the main job, pictures in outputs/
+    python cli.py decode corpus/test.txt --limit 16 --grid
 """
 import sys
 
