@@ -2,17 +2,21 @@
 
     from mnisttext import checkpoint
     model, config, tok = checkpoint.load_model("checkpoints/gpt")
+    checkpoint.write_dir("runs/x/last", {"model.safetensors": tensors}, {"config.json": cfg})
+    with checkpoint.RunLock("runs/x"): ...          # one trainer per run directory
 
 A model directory holds model.safetensors, config.json and tokenizer.json (and, for a training
 run's `last`/`best`, state.safetensors + state.json: optimizer moments, RNG, step). A directory is
-replaced as a whole: it is written beside its final place, then swapped in by two renames, so a
-kill at any moment leaves either the old or the new one (`<dir>.old` is picked up if the kill
-fell between the renames).
+replaced as a whole: it is written under a hidden name beside its final place, then swapped in
+by renames, so a kill at any moment leaves the old or the new one as `<dir>` or `<dir>.old`
+(resolve() reads whichever is there). Directories being written or deleted only ever have hidden
+names (`.<dir>.tmp<pid>`, `.<dir>.trash<pid>`); clean_leftovers() removes those of dead processes.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -20,13 +24,27 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import tokenizer as tk
+from .model import GPTConfig, build_model
+
+try:
+    import fcntl
+except ImportError:        # Windows: the lock falls back to checking the owner's pid
+    fcntl = None
+
+LEFTOVER = re.compile(r"^\.(.+)\.(tmp|trash)(\d+)$")
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or not ours; the message names the file."""
 
 
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (in use, holds another run, ...)."""
+
+
 def resolve(path) -> Path:
-    """The directory to read: `path`, or `path.old` left by a kill between the two renames."""
+    """The directory to read: `path`, or `path.old` left by a kill in the middle of a swap."""
     path = Path(path)
     if (path / "config.json").exists():
         return path
@@ -38,15 +56,24 @@ def resolve(path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint here (no config.json)")
 
 
+def exists(path) -> bool:
+    """Whether resolve(path) finds a checkpoint."""
+    path = Path(path)
+    return (path / "config.json").exists() or \
+        (path.with_name(path.name + ".old") / "config.json").exists()
+
+
 def write_dir(path, tensors: dict[str, dict[str, torch.Tensor]], jsons: dict[str, object],
               files: dict[str, str] | None = None) -> Path:
     """Write a checkpoint directory atomically.
 
     tensors: {file name: {tensor name: tensor}} saved as safetensors; jsons: {file name: object};
-    files: {file name: text}."""
+    files: {file name: text}. Refuses to replace a folder that is not a checkpoint."""
     path = Path(path)
+    if path.is_dir() and not (path / "config.json").exists() and any(path.iterdir()):
+        raise CheckpointError(f"{path}: exists and is not a checkpoint folder; not replacing it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = _hidden(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, tdict in tensors.items():
@@ -58,13 +85,128 @@ def write_dir(path, tensors: dict[str, dict[str, torch.Tensor]], jsons: dict[str
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+    swap_in(tmp, path)
+    return path
+
+
+def swap_in(new: Path, path: Path) -> None:
+    """Move the complete directory `new` to `path`, keeping `path` or `path.old` complete at
+    every moment (each step below is one rename; deletions happen under a hidden name)."""
     old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    trash = _hidden(path, "trash")
+    shutil.rmtree(trash, ignore_errors=True)
+    if path.exists() and old.exists():      # left by a cut-short swap; `path` is the newer one
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
     if path.exists():
         os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_dir(path) -> None:
+    """Delete a directory, renaming it to a hidden name first (a kill mid-way leaves no
+    half-deleted directory under its real name)."""
+    path = Path(path)
+    trash = _hidden(path, "trash")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _hidden(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{kind}{os.getpid()}")
+
+
+def _fsync_dir(d: Path) -> None:
+    try:                    # the renames reach the disk (not possible on every platform)
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True          # someone else's process
+    return True
+
+
+def clean_leftovers(directory) -> list[Path]:
+    """Remove the hidden half-written or half-deleted directories (`.last.tmp1234`) that killed
+    saves left in `directory`: those of dead processes, and this process's own."""
+    removed = []
+    d = Path(directory)
+    if not d.is_dir():
+        return removed
+    for p in d.iterdir():
+        m = LEFTOVER.match(p.name)
+        if m and p.is_dir() and (int(m.group(3)) == os.getpid() or not pid_alive(int(m.group(3)))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+class RunLock:
+    """An exclusive lock on a run directory: `DIR/.lock`, flock()ed while held, holding the
+    owner's pid. A lock left by a killed process is free again (the kernel drops a dead
+    process's flock); its stale pid is reported by `took_over`."""
+
+    def __init__(self, directory):
+        self.path = Path(directory) / ".lock"
+        self.fd = None
+        self.took_over = None          # the pid in a stale lock file we took over
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        owner = os.read(fd, 64).decode(errors="replace").strip()
+        held = False
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                held = True
+        else:
+            held = owner.isdigit() and pid_alive(int(owner))
+        if held:
+            os.close(fd)
+            raise RunDirError(f"{self.path.parent} is in use by another trainer (pid {owner or '?'}); "
+                              f"wait for it to finish, or stop it")
+        self.took_over = int(owner) if owner.isdigit() and int(owner) != os.getpid() else None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        os.ftruncate(self.fd, 0)       # the file stays (unlinking a flock()ed file races)
+        if fcntl is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def read_json(path) -> dict:
@@ -139,19 +281,34 @@ def load_weights(model: torch.nn.Module, d: Path) -> None:
     load_state_dict(model, tie_restore(model, tensors), d / "model.safetensors")
 
 
-def load_model(path, device="cpu"):
-    """checkpoint dir -> (model in eval mode, GPTConfig, tokenizer)."""
-    from . import tokenizer as tk
-    from .model import GPTConfig, build_model
-    d = resolve(path)
+def load_config(d: Path) -> GPTConfig:
+    """d/config.json as a GPTConfig; a CheckpointError naming the file and field if it is not."""
     try:
-        config = GPTConfig.from_dict(read_json(d / "config.json"))
+        return GPTConfig.from_dict(read_json(d / "config.json"))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{d / 'config.json'}: not a model config ({e})") from None
-    model = build_model(config)
-    load_weights(model, d)
+
+
+def load_tokenizer(d: Path, config: GPTConfig):
+    """d/tokenizer.json, checked against the model's vocabulary."""
+    if not (d / "tokenizer.json").exists():
+        raise CheckpointError(f"{d / 'tokenizer.json'}: missing")
     try:
         tok = tk.load(d / "tokenizer.json")
     except ValueError as e:
         raise CheckpointError(str(e)) from None
+    if tok.get_vocab_size() != config.vocab_size:
+        raise CheckpointError(f"{d / 'tokenizer.json'}: {tok.get_vocab_size()} tokens, but the "
+                              f"model in config.json has vocab_size {config.vocab_size}")
+    return tok
+
+
+def load_model(path, device="cpu"):
+    """checkpoint dir -> (model in eval mode, GPTConfig, tokenizer). The config and the
+    tokenizer are checked before the model is allocated."""
+    d = resolve(path)
+    config = load_config(d)
+    tok = load_tokenizer(d, config)
+    model = build_model(config)
+    load_weights(model, d)
     return model.to(device).eval(), config, tok

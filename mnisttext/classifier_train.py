@@ -1,8 +1,8 @@
 """Training a digit classifier on the text corpus (the reranker or the evaluation classifier).
 
-    mnisttext train-classifier --arch cnn --out my_reranker              # CLI
+    mnisttext train-classifier --arch cnn --out runs/reranker            # CLI
     from mnisttext.classifier_train import train_classifier
-    metrics = train_classifier("corpus", "my_reranker", preset("cnn"), epochs=8, seed=0)
+    metrics = train_classifier("corpus", "runs/reranker", preset("cnn"), epochs=8, seed=0)
 
 The shipped ones: `--arch cnn --epochs 8 --seed 0` (checkpoints/classifier) and
 `--arch resnet --epochs 5 --seed 1` (checkpoints/eval_classifier).
@@ -61,6 +61,9 @@ def train_classifier(corpus_dir, out_dir, config: ClassifierConfig | None = None
     torch's setting. `progress(epoch, step, total_steps, loss)` is called every step."""
     config = config or preset("cnn")
     epochs = EPOCHS[config.arch] if epochs is None else epochs
+    if epochs < 1 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"epochs {epochs}, batch_size {batch_size}, lr {lr}: expected epochs >= 1, "
+                         f"batch_size >= 1 and a finite lr > 0")
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

@@ -20,36 +20,64 @@ def bar(*extra, transient=False) -> Progress:
 
 
 class TrainReporter:
-    """Step, loss, tokens/s and ETA while training (steps, or seconds under --minutes)."""
+    """The training bar: steps, or under --minutes the time budget in seconds (the run stops by
+    time, so a step total would be a guess); loss, LR, tokens/s beside it; a second bar while
+    the final evaluation runs."""
 
     def __init__(self):
-        self.progress = bar(TextColumn("{task.fields[info]}"))
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[done]}"), TimeElapsedColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                 console=console, disable=not console.is_terminal)
         self.task = None
         self.budget = 0
+        self.started = False
 
-    def start(self, total_steps, total_seconds, cfg):
-        self.budget = total_seconds
+    def start(self, total_steps, budget_seconds, state):
+        self.budget = budget_seconds
         self.progress.start()
-        total = total_seconds if total_seconds else total_steps
-        self.task = self.progress.add_task("train", total=total, info="")
+        self.started = True
+        total = budget_seconds or total_steps
+        done = state.elapsed if budget_seconds else state.step
+        self.task = self.progress.add_task("train", total=total, completed=done,
+                                           done=self._done(done, total), info="")
+
+    def _done(self, done, total) -> str:
+        if self.budget:
+            return f"{done / 60:.1f}/{total / 60:.1f} min"
+        return f"{int(done)}/{int(total)} steps"
 
     def step(self, state, loss, nats_per_image, lr, tok_per_s):
         info = (f"step {state.step} loss {loss:.4f} ({nats_per_image:.1f} nats/img) lr {lr:.2e} "
                 f"{tok_per_s:,.0f} tok/s")
-        done = state.train_seconds if self.budget else state.step
-        self.progress.update(self.task, completed=done, info=info)
+        done = state.elapsed if self.budget else state.step
+        total = self.progress.tasks[0].total
+        self.progress.update(self.task, completed=min(done, total), done=self._done(done, total),
+                             info=info)
         if not console.is_terminal:
             console.print(info)
 
-    def eval(self, state, nll):
-        self.progress.console.print(f"step {state.step}: test NLL {nll:.2f} nats/image "
-                                    f"(best {state.best_nll:.2f})")
+    def eval(self, state, nll, images):
+        self.message(f"step {state.step}: test NLL {nll:.2f} nats/image on {images} images "
+                     f"(best {state.best_nll:.2f})")
+
+    def evaluating(self, label, total):
+        """A bar for an evaluation of `total` lines; returns its progress(done, total)."""
+        if not self.started:
+            return None
+        task = self.progress.add_task(label, total=total, done=f"0/{total} images", info="")
+
+        def update(done, total):
+            self.progress.update(task, completed=done, total=total, done=f"{done}/{total} images")
+        return update
 
     def message(self, text):
-        self.progress.console.print(text)
+        self.progress.console.print(text, soft_wrap=True)
 
     def stop(self):
-        self.progress.stop()
+        if self.started:
+            self.progress.stop()
+            self.started = False
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> None:

@@ -1,183 +1,108 @@
 """Train the character model on corpus/.
 
-    python cli.py train --out runs/default                      # the default recipe
-    python cli.py train --recipe seed --out runs/seed            # the original project's recipe
-    python cli.py train --out runs/default --resume              # continue after a kill
-    torchrun --nproc_per_node 2 cli.py train --out runs/ddp      # DistributedDataParallel
+    mnisttext train --out runs/default                          # the default recipe
+    mnisttext train --recipe original --out runs/original        # the original project's recipe
+    mnisttext train --out runs/default --resume                  # continue after a kill
+    torchrun --nproc_per_node 2 -m mnisttext train --out runs/ddp   # DistributedDataParallel
 
-A run directory holds args.json, metrics.jsonl, loss.png, and the checkpoints last/ and best/
-(best = lowest test NLL). The data order is a function of (seed, epoch) and the learning rate a
-function of the step (or, with --minutes, of training seconds), so --resume continues exactly.
+    from mnisttext import train
+    result = train.train(train.plan_run("default", {"out": "runs/x", "minutes": 5.0}))
+
+A run directory holds args.json, metrics.jsonl, tokenizer.json, loss.png, and the checkpoints
+last/ and best/ (best = lowest test NLL on the periodic evaluation's images). plan_run() decides
+from the flags and the directory how the run starts (new, resumed, from --init-from); train()
+then prepares the run (lock, data, model), fits, and finishes (final evaluation, best/, plot).
+The data order is a function of (seed, epoch) and the learning rate of the step (or, under
+--minutes, of the time spent), so --resume continues exactly.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
+import gc
 import json
 import math
 import os
-import sys
+import platform
 import time
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from . import checkpoint, data, metrics, runtime
+from . import checkpoint, data, metrics, paths, render, runtime
+from . import config as configs
 from . import tokenizer as tk
-from .model import PRESETS, GPTConfig, build_model
+from .checkpoint import CheckpointError, RunDirError
+from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES: the benchmarks read it here)
+from .model import ConfigError, GPTConfig, build_model
+from .runtime import keep_freed_memory  # noqa: F401  (the speed benchmark and a test use it here)
 
-RECIPES = {
-    # the original project: 10k images, one epoch, Adam 1e-4 constant, batch 128, its 8x256 model
-    "seed": dict(preset="seed", train_limit=10_000, epochs=1.0, optimizer="adam", lr=1e-4,
-                 schedule="constant", warmup_steps=0, batch_size=128, weight_decay=0.0,
-                 grad_clip=0.0),
-    # short runs on a laptop CPU: a smaller model, a high learning rate, small batches (many
-    # updates per minute: at a fixed 4-minute budget batch 32 reached 79 nats, batch 64 113)
-    "default": dict(preset="small", train_limit=None, epochs=1.0, optimizer="adamw", lr=3e-3,
-                    schedule="cosine", warmup_steps=100, batch_size=32, weight_decay=0.1,
-                    grad_clip=1.0),
-    # the shipped model: a wider net for as long as the budget allows (use --minutes on a CPU)
-    "flagship": dict(preset="flagship", train_limit=None, epochs=10.0, optimizer="adamw",
-                     lr=2e-3, schedule="cosine", warmup_steps=200, batch_size=32,
-                     weight_decay=0.1, grad_clip=1.0),
-}
-MODEL_FLAGS = ("arch", "n_layer", "n_head", "n_embd", "dropout", "bit_embed", "gelu")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+# the files of a run that --force replaces
+RUN_FILES = ("args.json", "metrics.jsonl", "tokenizer.json", "loss.png", "last", "last.old",
+             "best", "best.old")
+EVAL_COST = 1 / 3      # before the first evaluation is timed: forward-only vs a training step
 
 
-def positive_int(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
-    return n
+class TrainError(ValueError):
+    """Training cannot go on (a non-finite loss); the message names the step."""
 
 
-def add_args(p):
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                   help="preset of everything below; explicit flags override it")
-    p.add_argument("--corpus", default="corpus", help="directory with train.txt and test.txt")
-    p.add_argument("--out", default="runs/default", help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
-    p.add_argument("--init-from", help="start from this checkpoint's weights, model config and "
-                                       "tokenizer (a fresh optimizer and schedule: fine-tuning, "
-                                       "or a second training stage)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="model size preset")
-    p.add_argument("--arch", choices=["gpt", "gru"], help="model family")
-    p.add_argument("--n-layer", type=int, help="layers")
-    p.add_argument("--n-head", type=int, help="attention heads")
-    p.add_argument("--n-embd", type=int, help="model width")
-    p.add_argument("--dropout", type=float, help="dropout probability")
-    p.add_argument("--bit-embed", action=argparse.BooleanOptionalAction, default=None,
-                   help="add an embedding of each symbol's 6 pixel bits to its token embedding")
-    p.add_argument("--gelu", choices=["exact", "tanh"],
-                   help="the MLP's GELU: exact (erf) or tanh (GPT-2's approximation)")
-    p.add_argument("--tokenizer", choices=["char", "bpe"], default="char",
-                   help="one token per character, or BPE tokens learned on the training lines")
-    p.add_argument("--bpe-vocab", type=int, default=512, help="BPE vocabulary size (with --tokenizer bpe)")
-    p.add_argument("--binarize", choices=["threshold", "dynamic"], default="threshold",
-                   help="dynamic: redraw the training pixels as Bernoulli(x/255) every epoch from the "
-                        "MNIST files in --data-root (test on `export --binarize dynamic` lines)")
-    p.add_argument("--data-root", default="data", help="torchvision dataset root (--binarize dynamic)")
-    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or kmnist (--binarize dynamic)")
-    p.add_argument("--train-limit", type=int, help="use only the first N training lines")
-    p.add_argument("--epochs", type=float, help="passes over the training lines")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--minutes", type=float,
-                   help="training wall-clock budget; the LR schedule follows time, not steps")
-    p.add_argument("--optimizer", choices=["adam", "adamw"], help="optimizer")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--min-lr-frac", type=float, default=0.05, help="final LR / peak LR (cosine)")
-    p.add_argument("--schedule", choices=["constant", "cosine"], help="LR schedule after warmup")
-    p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
-    p.add_argument("--batch-size", type=int, help="global batch size (lines)")
-    p.add_argument("--grad-accum", type=positive_int, default=1,
-                   help="micro-batches per step on each process (the same gradient in less "
-                        "memory; under DDP one all-reduce per step)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (matrices only)")
-    p.add_argument("--grad-clip", type=float, help="clip grad norm (0 = off)")
-    p.add_argument("--eval-every", type=float, default=60.0,
-                   help="evaluate every N training seconds (0 = only at the end)")
-    p.add_argument("--eval-images", type=int, default=2000,
-                   help="test lines used for the periodic NLL (the final one uses all)")
-    p.add_argument("--log-every", type=int, default=10, help="log every N steps")
-    p.add_argument("--save-every", type=float, default=120.0,
-                   help="write last/ every N training seconds (and at every eval)")
-    p.add_argument("--seed", type=int, default=1337, help="seed for init, data order, dropout")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="autocast dtype; auto = bf16 where the hardware has it")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--stop-after", type=int, default=0,
-                   help="end this invocation after N steps with a checkpoint, as if killed "
-                        "(for resume tests)")
-    return p
+# ---------------------------------------------------------------------------------------------
+# the pieces of a step
 
-
-def resolve_args(args) -> dict:
-    """Recipe defaults filled in under explicit flags -> plain dict (saved as args.json)."""
-    cfg = dict(RECIPES[args.recipe])
-    for k, v in vars(args).items():
-        if callable(v) or k == "command":
-            continue
-        if v is not None or k not in cfg:
-            cfg[k] = v
-    return cfg
-
-
-def model_config(cfg: dict, vocab_size: int) -> GPTConfig:
-    base = dict(PRESETS[cfg["preset"]])
-    for k in MODEL_FLAGS:
-        if cfg.get(k) is not None:
-            base[k] = cfg[k]
-    return GPTConfig(vocab_size=vocab_size, **base)
-
-
-def lr_at(cfg: dict, step: int, progress: float) -> float:
+def lr_at(cfg, step: int, progress: float) -> float:
     """progress in [0, 1]: share of the step or time budget spent."""
-    peak = cfg["lr"]
-    if step < cfg["warmup_steps"]:
-        return peak * (step + 1) / cfg["warmup_steps"]
-    if cfg["schedule"] == "constant":
+    peak = cfg.lr
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
         return peak
-    lo = peak * cfg["min_lr_frac"]
+    lo = peak * cfg.min_lr_frac
     return lo + 0.5 * (peak - lo) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _get(cfg, name: str, default=None):
+    """A field of a TrainConfig or of a plain dict (the speed benchmark passes dicts)."""
+    return cfg.get(name, default) if isinstance(cfg, dict) else getattr(cfg, name, default)
 
 
 def make_optimizer(model, cfg):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]},
+    groups = [{"params": decay, "weight_decay": _get(cfg, "weight_decay")},
               {"params": no_decay, "weight_decay": 0.0}]
-    # the fused kernel (CPU and CUDA) does the whole update in one pass over each tensor: ~5x
-    # faster than the foreach one on a CPU core, ~1% of a seed-model training step
+    # the fused kernel (CPU and CUDA) does the whole update in one pass over each tensor: several
+    # times faster than the foreach one on a CPU core
     fused = dict(fused=True) if next(model.parameters()).device.type in ("cpu", "cuda") else {}
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg["lr"], **fused)
-    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=(0.9, 0.95), **fused)
+    if _get(cfg, "optimizer") == "adam":
+        return torch.optim.Adam(model.parameters(), lr=_get(cfg, "lr"), **fused)
+    return torch.optim.AdamW(groups, lr=_get(cfg, "lr"), betas=(0.9, 0.95), **fused)
 
 
-def train_step(fwd_model, model, opt, inputs, targets, cfg: dict, device) -> torch.Tensor:
-    """One optimizer step on this rank's lines, run as cfg["grad_accum"] micro-batches.
+def train_step(fwd_model, model, opt, inputs, targets, cfg, device) -> torch.Tensor:
+    """One optimizer step on this rank's lines, run as cfg.grad_accum micro-batches.
 
     The gradient is the whole batch's: each micro-batch's mean loss is weighted by its share of
     the targets. Under DDP the gradients are all-reduced once, after the last micro-batch.
-    Micro-batches hold fewer activations at once (on the 2-core CPU here they were no faster).
+    Micro-batches hold fewer activations at once (they save memory, not time).
     Returns the batch's mean loss (detached)."""
-    parts = min(cfg.get("grad_accum") or 1, len(inputs))
+    parts = min(_get(cfg, "grad_accum") or 1, len(inputs))
     n_targets = (targets != -1).sum()
     ddp = isinstance(fwd_model, torch.nn.parallel.DistributedDataParallel)
     total = torch.zeros((), device=inputs.device)
     for i, (x, y) in enumerate(zip(inputs.tensor_split(parts), targets.tensor_split(parts))):
         with fwd_model.no_sync() if ddp and i < parts - 1 else contextlib.nullcontext():
-            with runtime.autocast(device, cfg["dtype"]):
+            with runtime.autocast(device, _get(cfg, "dtype", "auto")):
                 _, loss = fwd_model(x, y)
             share = (y != -1).sum() / n_targets
             (loss * share).backward()
         total += loss.detach() * share
-    if cfg["grad_clip"]:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+    if _get(cfg, "grad_clip"):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), _get(cfg, "grad_clip"))
     opt.step()
     opt.zero_grad(set_to_none=True)
     return total
@@ -188,14 +113,37 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+# ---------------------------------------------------------------------------------------------
+# trainer state and run checkpoints
+
 @dataclass
 class State:
     step: int = 0
-    train_seconds: float = 0.0
-    best_nll: float = float("inf")
+    train_seconds: float = 0.0        # in training steps, on the run's clock
+    elapsed: float = 0.0              # everything on that clock: steps, evaluations, saves, setup
+    best_nll: float = float("inf")    # of best/, on the periodic evaluation's images
     last_eval_at: float = 0.0
     tokens: int = 0
+    eval_seconds_per_image: float = 0.0
     history: list = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d, path) -> "State":
+        """From state.json's "state"; a CheckpointError names the file and the bad field."""
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{path}: state: expected an object")
+        d = {"elapsed": d.get("train_seconds", 0.0), **d}     # runs older than `elapsed`
+        hints = typing.get_type_hints(cls)
+        kept = {}
+        for f in fields(cls):
+            if f.name not in d:
+                continue
+            v, kind = d[f.name], hints[f.name]
+            ok = isinstance(v, (int, float)) if kind is float else isinstance(v, kind)
+            if isinstance(v, bool) or not ok or (kind is float and math.isnan(v)):
+                raise CheckpointError(f"{path}: state.{f.name}: expected {kind.__name__}, got {v!r}")
+            kept[f.name] = float(v) if kind is float else v
+        return cls(**kept)
 
 
 def optimizer_tensors(opt) -> tuple[dict, dict]:
@@ -226,299 +174,658 @@ def restore_optimizer(opt, tensors: dict, meta: dict) -> None:
 
 
 def save_run_checkpoint(path, model, config, tok, opt=None, state: State | None = None,
-                        cfg: dict | None = None) -> None:
+                        cfg: TrainConfig | None = None, metrics_json: dict | None = None) -> None:
+    """A model directory; with opt and state, also the trainer state that resume needs."""
     tensors = {"model.safetensors": checkpoint.model_tensors(model)}
     jsons: dict = {"config.json": config.to_dict()}
+    if metrics_json is not None:
+        jsons["metrics.json"] = metrics_json
     if opt is not None and state is not None:
         otens, ometa = optimizer_tensors(opt)
         otens["rng.torch"] = torch.get_rng_state()
         tensors["state.safetensors"] = otens
-        jsons["state.json"] = {"state": state.__dict__, "optimizer": ometa, "args": cfg}
+        jsons["state.json"] = {"state": state.__dict__, "optimizer": ometa,
+                               "config": cfg.to_dict() if cfg else None}
     checkpoint.write_dir(path, tensors, jsons, {"tokenizer.json": tok.to_str(pretty=True)})
 
 
-def load_run_state(path, model, opt):
-    d = checkpoint.resolve(path)
-    checkpoint.load_weights(model, d)
+def load_run_state(d: Path, opt) -> State:
+    """d/state.json + d/state.safetensors into opt and torch's RNG; returns the trainer state."""
     meta = checkpoint.read_json(d / "state.json")
+    state = State.from_dict(meta.get("state"), d / "state.json")
     stens = checkpoint.read_tensors(d / "state.safetensors")
     try:
         restore_optimizer(opt, stens, meta["optimizer"])
         torch.set_rng_state(stens["rng.torch"])
-        return State(**meta["state"]), meta.get("args")
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise checkpoint.CheckpointError(f"{d}: trainer state does not fit this run ({e})") from None
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(f"{d}: trainer state does not fit this run ({e})") from None
+    return state
 
+
+def saved_config(last: Path, out: Path) -> dict:
+    """The config a run was started with: from last/state.json, or the run's args.json."""
+    meta = checkpoint.read_json(last / "state.json")
+    for source, d in ((last / "state.json", meta.get("config") or meta.get("args")),
+                      (out / "args.json", None)):
+        if d is None and source.name == "args.json" and source.exists():
+            d = checkpoint.read_json(source)
+        if d is not None:
+            try:
+                return TrainConfig.from_dict(d).to_dict()
+            except ConfigError as e:
+                raise CheckpointError(f"{source}: {e}") from None
+    raise CheckpointError(f"{last / 'state.json'}: no training config to resume with")
+
+
+def best_on_disk(out: Path, fallback: float) -> float:
+    """The selection NLL of best/ as recorded inside it (a save cut short between best/ and
+    last/ must not let a worse model replace it); inf when there is no best/."""
+    if not checkpoint.exists(out / "best"):
+        return float("inf")
+    d = checkpoint.resolve(out / "best")
+    try:
+        rec = checkpoint.read_json(d / "metrics.json")
+    except CheckpointError:
+        return fallback
+    v = rec.get("select_nll", fallback)     # runs before select_nll: the trainer state's
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else fallback
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan: how a run starts
+
+@dataclass
+class Plan:
+    cfg: TrainConfig
+    notices: list = field(default_factory=list)     # one line per flag that did not get its way
+    last: Path | None = None        # resume from this checkpoint (OUT/last, or OUT/last.old)
+    init: Path | None = None        # start from these weights (--init-from; fresh runs only)
+    tokenizer: object = "char"      # "char", "bpe" (learn it), or a checkpoint dir to load it from
+    replace: bool = False           # --force over a run: its files are deleted first
+
+
+def holds_run(out: Path) -> bool:
+    return any((out / name).exists() for name in RUN_FILES)
+
+
+def plan_run(recipe: str = "default", flags: dict | None = None) -> Plan:
+    """Decide how a run starts, from the flags and what --out holds; reads files, writes none.
+
+    - --out holds a run: --resume continues it from last/ (or last.old/), --force replaces it;
+      neither is an error, and so is --resume with no last/ to continue.
+    - A resumed run is rebuilt from its own record: the model and tokenizer of last/, the
+      schedule of last/state.json (config.resolve says which fields win), even when its
+      --init-from checkpoint is gone.
+    - --init-from (fresh runs): the checkpoint's weights, model and tokenizer.
+    - Otherwise the tokenizer is made: characters, or BPE learned on the training lines."""
+    flags = dict(flags or {})
+    out = Path(flags.get("out", configs.flag_default("out")))
+    resume, force = flags.get("resume", False), flags.get("force", False)
+    if resume and force:
+        raise RunDirError("--resume continues the run, --force replaces it: choose one")
+    if paths.is_shipped(out):
+        raise RunDirError(f"--out {out}: that is a shipped checkpoint folder; choose another")
+    if resume:
+        if not checkpoint.exists(out / "last"):
+            raise RunDirError(f"--resume: {out} has no last/ checkpoint to continue; leave out "
+                              f"--resume to start a new run there")
+        last = checkpoint.resolve(out / "last")
+        saved = saved_config(last, out)
+        saved["model"] = configs.model_dict(checkpoint.load_config(last))   # the weights' own
+        cfg, notices = configs.resolve(recipe, flags, saved)
+        return Plan(cfg, notices, last=last, tokenizer=last)
+    if holds_run(out) and not force:
+        raise RunDirError(f"{out} already holds a run: add --resume to continue it, or --force "
+                          f"to replace it")
+    init = init_model = None
+    if flags.get("init_from"):
+        init = checkpoint.resolve(flags["init_from"])
+        init_model = checkpoint.load_config(init).to_dict()
+        if force and out.resolve() in init.resolve().parents:
+            raise RunDirError(f"--init-from {init} is inside the run that --force would delete")
+    cfg, notices = configs.resolve(recipe, flags, init_model=init_model,
+                                   init_source=f"--init-from {flags.get('init_from')}")
+    return Plan(cfg, notices, init=init, tokenizer=init or cfg.tokenizer,
+                replace=force and holds_run(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# processes: DDP set-up and teardown
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1 or dist.is_initialized()
+
+
+@contextlib.contextmanager
+def distributed(device_name: str):
+    """This process's place in a torchrun job (or a job of one).
+
+    The process group is always torn down: after a clean run every rank meets at a barrier
+    (no rank exits while another still sends), then destroys the group; after an error the
+    group is destroyed at once (the other ranks may never reach a barrier)."""
+    device = runtime.resolve_device(device_name)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        yield Dist(0, 1, device)
+        return
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    clean = False
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        yield Dist(dist.get_rank(), dist.get_world_size(), device)
+        clean = True
+    finally:
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def broadcast_text(dd: Dist, text: str | None) -> str | None:
+    """Rank 0's text (or None) on every rank, sent as bytes (nccl sends device tensors)."""
+    if not dd.ddp:
+        return text
+    raw = (text or "").encode() if dd.master else b""
+    head = torch.tensor([len(raw), text is not None], device=dd.device)
+    dist.broadcast(head, src=0)
+    n = int(head[0])
+    buf = torch.tensor(list(raw), dtype=torch.uint8, device=dd.device) if dd.master \
+        else torch.empty(n, dtype=torch.uint8, device=dd.device)
+    if n:
+        dist.broadcast(buf, src=0)
+    return bytes(buf.cpu().tolist()).decode() if int(head[1]) else None
+
+
+def on_master(dd: Dist, fn: Callable):
+    """fn() on rank 0; if it fails, every rank raises (the others its message in one line), so
+    all stop in order instead of waiting for rank 0 in the next collective."""
+    err = None
+    if dd.master:
+        try:
+            value = fn()
+        except Exception as e:
+            err = e
+    msg = broadcast_text(dd, None if err is None else str(err))
+    if err is not None:
+        raise err
+    if msg is not None:
+        raise RunDirError(msg)
+    return value if dd.master else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
 
 class NullReporter:
     """What train() tells the outside world; the CLI passes a rich one (progress.py)."""
 
-    def start(self, total_steps, total_seconds, cfg): pass
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def start(self, total_steps, budget_seconds, state): pass
     def step(self, state, loss, nats_per_image, lr, tok_per_s): pass
-    def eval(self, state, nll): pass
-    def message(self, text): print(text, flush=True)
+    def eval(self, state, nll, images): pass
+    def evaluating(self, label, total): return None      # -> progress(done, total) or None
     def stop(self): pass
 
+    def message(self, text):
+        if not self.quiet:
+            print(text, flush=True)
 
-def train(cfg: dict, reporter=None) -> dict:
-    """Run training as configured by resolve_args(); returns the final metrics."""
-    reporter = reporter or NullReporter()
-    ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    device = runtime.resolve_device(cfg["device"])
-    if ddp:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-    master = rank == 0
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
-    if device.type == "cpu":
-        runtime.keep_freed_memory()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    out = Path(cfg["out"])
 
-    test_lines = data.read_split(cfg["corpus"], "test")
-    dynamic = cfg.get("binarize") == "dynamic"
-    if dynamic:
-        images, labels = data.load_images(cfg["data_root"], True, cfg.get("dataset", "mnist"))
-        images, labels = images[:cfg["train_limit"]], labels[:cfg["train_limit"]]
-        train_lines = data.dynamic_epoch_lines(images, labels, cfg["seed"], 0)
-    else:
-        train_lines = data.read_split(cfg["corpus"], "train", cfg["train_limit"])
-    if len(train_lines[0]) != len(test_lines[0]):
-        raise data.DataError(f"{cfg['corpus']}: train lines have {len(train_lines[0])} characters, "
-                             f"test lines {len(test_lines[0])}")
-    # A resumed run is rebuilt from its own last/ (architecture, tokens, weights, trainer
-    # state), whatever the model flags say and even if its --init-from checkpoint is gone.
-    last = None
-    if cfg["resume"] and ((out / "last").exists() or (out / "last.old").exists()):
-        last = checkpoint.resolve(out / "last")
-    init_model = None
-    if cfg.get("init_from") and last is None:   # a second stage: the checkpoint's weights,
-        init_model, init_config, init_tok = checkpoint.load_model(cfg["init_from"])  # model, tokens
-    if cfg["resume"] and (out / "tokenizer.json").exists():
-        tok = tk.load(out / "tokenizer.json")        # a learned vocabulary must stay the same
-    elif last is not None:
-        tok = tk.load(last / "tokenizer.json")
-    elif init_model is not None:
-        tok = init_tok
-    elif cfg.get("tokenizer") == "bpe":
-        tok = tk.train_bpe(train_lines, cfg["bpe_vocab"]) if master else None
-        if ddp:   # every rank must use rank 0's merges: send its tokenizer.json as bytes
-            raw = torch.frombuffer(bytearray(tok.to_str().encode()), dtype=torch.uint8) \
-                if master else torch.empty(0, dtype=torch.uint8)
-            size = torch.tensor([raw.numel()], device=device)      # nccl sends device tensors
-            dist.broadcast(size, src=0)
-            raw = raw.to(device) if master else torch.empty(int(size), dtype=torch.uint8, device=device)
-            dist.broadcast(raw, src=0)
-            tok = tk.from_json(raw.cpu().numpy().tobytes().decode(), "rank 0's tokenizer")
-    else:
-        tok = tk.build()
-    encoded_epoch = 0
-    train_tokens = torch.from_numpy(tk.encode_corpus(tok, train_lines))
-    test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
-    if last is not None:
-        try:
-            config = GPTConfig.from_dict(checkpoint.read_json(last / "config.json"))
-        except (TypeError, ValueError) as e:
-            raise checkpoint.CheckpointError(f"{last / 'config.json'}: {e}") from None
-        asked = model_config(cfg, tok.get_vocab_size())
-        given = [k for k in MODEL_FLAGS if cfg.get(k) is not None]     # flags the user set
-        if cfg.get("init_from") is None and any(getattr(asked, k) != getattr(config, k) for k in given):
-            reporter.message(f"resume: the model is {last / 'config.json'}'s; model flags are ignored")
-        for k in MODEL_FLAGS:            # args.json records the model the run really trains
-            cfg[k] = getattr(config, k)
-    else:
-        # with --init-from the architecture is the checkpoint's; model flags cannot change it
-        config = init_config if init_model is not None else model_config(cfg, tok.get_vocab_size())
-        # room for the longest possible line: BPE lines are shorter, but one may spell every symbol
-        config.block_size = max(config.block_size, len(train_lines[0]))
-    del train_lines, test_lines
+@dataclass
+class Run:
+    """What fit() and finish() work on; built by prepare_run()."""
+    cfg: TrainConfig
+    dd: Dist
+    clock: Callable
+    started: float                  # clock() when this invocation began
+    base_elapsed: float             # state.elapsed at that moment
+    tok: object
+    config: GPTConfig
+    model: torch.nn.Module
+    fwd_model: torch.nn.Module      # the model as called: compiled and/or DDP-wrapped
+    opt: torch.optim.Optimizer
+    state: State
+    train_tokens: torch.Tensor
+    test_tokens: torch.Tensor
+    images: object = None           # --binarize dynamic: the MNIST images, redrawn every epoch
+    labels: object = None
+    encoded_epoch: int = 0
+    saved_step: int | None = None   # the step last/ holds
+    lock: checkpoint.RunLock | None = None
 
-    torch.manual_seed(cfg["seed"])
-    model = (init_model.train() if init_model is not None else build_model(config)).to(device)
-    opt = make_optimizer(model, cfg)
-    state = State()
-    if last is not None:
-        state, saved = load_run_state(last, model, opt)
-        if saved:   # the schedule must be the one the run started with
-            for k in ("lr", "batch_size", "epochs", "max_steps", "minutes", "schedule",
-                      "warmup_steps", "seed", "train_limit"):
-                if cfg.get(k) != saved.get(k):
-                    reporter.message(f"resume: keeping {k}={saved.get(k)!r} from the run "
-                                     f"(asked {cfg.get(k)!r})")
-                    cfg[k] = saved.get(k)
-            if "machine" in saved:   # when and where it started; each resume is added
-                cfg["machine"] = dict(saved["machine"])
-                cfg["machine"]["resumed"] = saved["machine"].get("resumed", []) + [
-                    {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": state.step}]
-        reporter.message(f"resumed {out / 'last'} at step {state.step}")
-    elif cfg["resume"]:
-        reporter.message(f"no checkpoint in {out}/last: starting fresh")
-    if master:
-        import platform
-        cfg.setdefault("machine", {"platform": platform.platform(), "cpu": platform.processor(),
-                                   "cpus": os.cpu_count(), "torch": torch.__version__,
-                                   "device": str(device), "world": world,
-                                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        tok.save(str(out / "tokenizer.json"))
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
 
-    fwd_model = model
-    if cfg["compile"]:
-        fwd_model = torch.compile(model)
-    if ddp:
-        fwd_model = torch.nn.parallel.DistributedDataParallel(
-            fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_tokens) // self.cfg.batch_size
 
-    n = len(train_tokens)
-    B = cfg["batch_size"]
-    if B % world:
-        raise ValueError(f"batch size {B} is not divisible by {world} processes")
-    steps_per_epoch = n // B
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch size {B} is larger than the {n} training lines")
-    total_steps = cfg["max_steps"] or max(1, int(round(cfg["epochs"] * steps_per_epoch)))
-    budget = (cfg["minutes"] or 0) * 60.0
-    eval_subset = test_tokens[:cfg["eval_images"]]
-    metrics_path = out / "metrics.jsonl"
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.max_steps or max(1, round(self.cfg.epochs * self.steps_per_epoch))
 
-    def log(rec):
-        if master:
-            with open(metrics_path, "a") as f:
+    @property
+    def budget(self) -> float:
+        return (self.cfg.minutes or 0) * 60.0
+
+    def eval_sizes(self) -> tuple[int, int]:
+        """(final evaluation images, periodic evaluation images), within the test split."""
+        n = len(self.test_tokens)
+        return min(self.cfg.final_eval_images or n, n), min(self.cfg.eval_images, n)
+
+    def reserve(self) -> float:
+        """Budget seconds kept for the final evaluation: its images at the measured rate."""
+        st = self.state
+        per_image = st.eval_seconds_per_image or \
+            EVAL_COST * st.train_seconds / max(1, st.step * self.cfg.batch_size)
+        return per_image * max(self.eval_sizes())
+
+    def progress(self) -> float:
+        p = self.state.step / self.total_steps
+        if self.budget:
+            p = max(p, self.state.elapsed / max(self.budget - self.reserve(), 1e-9))
+        return p
+
+    def done(self) -> bool:
+        st = self.state
+        return st.step >= self.total_steps or \
+            bool(self.budget and st.elapsed + self.reserve() >= self.budget)
+
+    def now(self) -> float:
+        """This invocation's seconds on the run's clock."""
+        return self.clock() - self.started
+
+    def log(self, rec: dict) -> None:
+        if self.dd.master:
+            with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
-    def evaluate_now(tokens):
-        model.eval()
-        shard = tokens[rank::world]
-        nll = metrics.nll_per_image(model, shard, device=device, dtype=cfg["dtype"])
-        total = torch.tensor([nll.sum(), len(nll)], dtype=torch.float64)
-        if ddp:
-            dist.all_reduce(total)
-        model.train()
-        return float(total[0] / total[1])
+    def evaluate(self, tokens, prefix: int, progress=None) -> tuple[float, float]:
+        """Mean NLL per image over `tokens` and over its first `prefix` lines, all ranks together;
+        times the evaluation for the budget's reserve."""
+        self.model.eval()
+        t0 = self.clock()
+        idx = torch.arange(self.dd.rank, len(tokens), self.dd.world)
+        nll = torch.from_numpy(metrics.nll_per_image(self.model, tokens[idx], device=self.dd.device,
+                                                     dtype=self.cfg.dtype, progress=progress))
+        first = idx < prefix
+        sums = torch.tensor([nll.sum(), len(nll), nll[first].sum(), first.sum(), self.clock() - t0],
+                            dtype=torch.float64, device=self.dd.device)
+        if self.dd.ddp:
+            dist.all_reduce(sums)
+        self.model.train()
+        s = sums.cpu().tolist()
+        self.state.eval_seconds_per_image = s[4] / self.dd.world / max(s[1], 1)
+        return s[0] / max(s[1], 1), s[2] / max(s[3], 1)
 
-    def save(with_best=False, nll=None, images=None):
-        if not master:
+    def save(self, select_nll: float | None = None, record: dict | None = None) -> None:
+        """last/, and first best/ if select_nll beats the best recorded in best/ itself."""
+        if not self.dd.master:
             return
-        save_run_checkpoint(out / "last", model, config, tok, opt, state, cfg)
-        if with_best:
-            save_run_checkpoint(out / "best", model, config, tok)
-            (out / "best" / "metrics.json").write_text(json.dumps(
-                {"test_nll_nats": nll, "eval_images": images, "step": state.step,
-                 "train_seconds": state.train_seconds}))
+        st = self.state
+        if select_nll is not None and select_nll < st.best_nll:
+            rec = dict(record or {}, select_nll=select_nll, step=st.step,
+                       train_seconds=st.train_seconds)
+            rec.setdefault("select_images", self.eval_sizes()[1])
+            save_run_checkpoint(self.out / "best", self.model, self.config, self.tok,
+                                metrics_json=rec)
+            st.best_nll = select_nll
+        save_run_checkpoint(self.out / "last", self.model, self.config, self.tok, self.opt, st,
+                            self.cfg)
+        self.saved_step = st.step
 
-    def progress():
-        p = state.step / total_steps
-        return max(p, state.train_seconds / budget) if budget else p
+    def close(self) -> None:
+        self.fwd_model = None           # the DDP wrapper (and its hooks) goes before its group
+        gc.collect()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
-    def done():
-        return state.step >= total_steps or (budget and state.train_seconds >= budget)
 
-    if master:
-        reporter.start(total_steps, budget, cfg)
-        reporter.message(f"{config.arch} {config.n_layer}x{config.n_embd}, "
-                         f"{model.num_params() / 1e6:.2f}M params, {n} train lines, "
-                         f"{total_steps} steps, device {device}, world {world}")
-    model.train()
-    last_save = state.train_seconds
+def take_run_dir(plan: Plan, reporter) -> checkpoint.RunLock:
+    """Rank 0: lock --out, remove what killed saves left, and with --force the old run."""
+    out = Path(plan.cfg.out)
+    lock = checkpoint.RunLock(out).acquire()
+    try:
+        if lock.took_over:
+            reporter.message(f"{out}: took over the lock of pid {lock.took_over}, which is gone")
+        checkpoint.clean_leftovers(out)
+        if plan.replace:
+            reporter.message(f"--force: replacing the run in {out}")
+            for name in RUN_FILES:
+                p = out / name
+                if p.is_dir():
+                    checkpoint.remove_dir(p)
+                elif p.exists():
+                    p.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def load_lines(cfg: TrainConfig):
+    """(train lines, test lines, images, labels); images and labels only with --binarize dynamic."""
+    test_lines = data.read_split(cfg.corpus, "test")
+    images = labels = None
+    if cfg.binarize == "dynamic":
+        images, labels = data.load_images(cfg.data_root, True, cfg.dataset)
+        images, labels = images[:cfg.train_limit], labels[:cfg.train_limit]
+        train_lines = data.dynamic_epoch_lines(images, labels, cfg.seed, 0)
+    else:
+        train_lines = data.read_split(cfg.corpus, "train", cfg.train_limit)
+    if len(train_lines[0]) != len(test_lines[0]):
+        raise data.DataError(f"{cfg.corpus}: train lines have {len(train_lines[0])} characters, "
+                             f"test lines {len(test_lines[0])}")
+    return train_lines, test_lines, images, labels
+
+
+def make_tokenizer(plan: Plan, train_lines, dd: Dist):
+    """The run's tokenizer: a checkpoint's (resume, --init-from), or characters, or BPE merges
+    learned by rank 0 and sent to the others (every rank must use the same merges)."""
+    if isinstance(plan.tokenizer, Path):
+        return checkpoint.load_tokenizer(plan.tokenizer, checkpoint.load_config(plan.tokenizer))
+    if plan.tokenizer == "bpe":
+        text = tk.train_bpe(train_lines, plan.cfg.bpe_vocab).to_str() if dd.master else None
+        return tk.from_json(broadcast_text(dd, text), "rank 0's tokenizer")
+    return tk.build()
+
+
+def build_trainer(plan: Plan, tok, line_length: int, dd: Dist):
+    """(GPTConfig, model, optimizer, state): fresh, from --init-from's weights, or resumed."""
+    cfg = plan.cfg
+    source = plan.last or plan.init
+    if source is not None:       # the checkpoint's own model, whatever the model flags say
+        config = checkpoint.load_config(source)
+        model = build_model(config)
+        checkpoint.load_weights(model, source)
+        torch.manual_seed(cfg.seed)
+    else:
+        # room for the longest possible line: BPE lines are shorter, but one may spell every symbol
+        config = configs.model_config(cfg, tok.get_vocab_size(), None)
+        config.block_size = max(config.block_size, line_length)
+        torch.manual_seed(cfg.seed)
+        model = build_model(config)
+    cfg.model = configs.model_dict(config)        # args.json records the model it trains
+    model = model.to(dd.device).train()
+    opt = make_optimizer(model, cfg)
+    state = State()
+    if plan.last is not None:
+        state = load_run_state(plan.last, opt)
+        state.best_nll = best_on_disk(Path(cfg.out), state.best_nll)
+    return config, model, opt, state
+
+
+def record_machine(cfg: TrainConfig, dd: Dist, state: State, resumed: bool) -> None:
+    """cfg.machine: where and when the run started; each resume is added."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if resumed and cfg.machine:
+        cfg.machine = dict(cfg.machine)
+        cfg.machine["resumed"] = cfg.machine.get("resumed", []) + [{"at": now, "step": state.step}]
+    elif not cfg.machine:
+        cfg.machine = {"platform": platform.platform(), "cpu": platform.processor(),
+                       "cpus": os.cpu_count(), "torch": torch.__version__,
+                       "device": str(dd.device), "world": dd.world, "started": now}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def prepare_run(plan: Plan, dd: Dist, reporter, clock: Callable, started: float) -> Run:
+    """Everything before the first step: the run directory, data, tokenizer, model, state."""
+    cfg = plan.cfg
+    lock = on_master(dd, lambda: take_run_dir(plan, reporter))
+    try:
+        runtime.set_threads(cfg.threads)
+        if dd.device.type == "cpu":
+            runtime.keep_freed_memory()
+        if dd.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+        train_lines, test_lines, images, labels = load_lines(cfg)
+        tok = make_tokenizer(plan, train_lines, dd)
+        train_tokens = torch.from_numpy(tk.encode_corpus(tok, train_lines))
+        test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
+        config, model, opt, state = build_trainer(plan, tok, len(train_lines[0]), dd)
+        n, B = len(train_tokens), cfg.batch_size
+        if B % dd.world:
+            raise ConfigError(f"batch_size: {B} is not divisible by {dd.world} processes")
+        if n < B:
+            raise ConfigError(f"batch_size: {B} is larger than the {n} training lines")
+        record_machine(cfg, dd, state, plan.last is not None)
+        if dd.master:
+            write_text_atomic(Path(cfg.out) / "args.json",
+                              json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+            tok.save(str(Path(cfg.out) / "tokenizer.json"))
+        fwd_model = torch.compile(model) if cfg.compile else model
+        if dd.ddp:
+            fwd_model = torch.nn.parallel.DistributedDataParallel(
+                fwd_model, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Run(cfg, dd, clock, started, state.elapsed, tok, config, model, fwd_model, opt, state,
+               train_tokens, test_tokens, images, labels,
+               saved_step=state.step if plan.last else None, lock=lock)
+
+
+# ---------------------------------------------------------------------------------------------
+# fit and finish
+
+def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of the step's lines: (tokens, real-token mask)."""
+    cfg, B = run.cfg, run.cfg.batch_size
+    epoch, k = divmod(run.state.step, run.steps_per_epoch)
+    if run.images is not None and epoch != run.encoded_epoch:   # --binarize dynamic: redraw
+        lines = data.dynamic_epoch_lines(run.images, run.labels, cfg.seed, epoch)
+        run.train_tokens = torch.from_numpy(tk.encode_corpus(run.tok, lines))
+        run.encoded_epoch = epoch
+    idx = epoch_order(cfg.seed, epoch, len(run.train_tokens))[k * B:(k + 1) * B]
+    batch = run.train_tokens[idx[run.dd.rank::run.dd.world]].to(run.dd.device, torch.long,
+                                                                 non_blocking=True)
+    real = batch != tk.PAD_ID
+    if not real.all():      # BPE lines: trim to this batch's longest, ignore the padding
+        batch = batch[:, :int(real.sum(1).max())]
+        real = real[:, :batch.shape[1]]
+    return batch, real
+
+
+def one_step(run: Run) -> tuple[float, float, int]:
+    """One optimizer step; returns (loss, lr, tokens). Under DDP the loss and the clock are
+    averaged over the ranks, so every rank takes the same decisions (stop, evaluate)."""
+    st, dd = run.state, run.dd
+    t0 = run.clock()
+    batch, real = next_batch(run)
+    targets = batch[:, 1:].masked_fill(~real[:, 1:], -1)
+    lr = lr_at(run.cfg, st.step, run.progress())
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    loss = train_step(run.fwd_model, run.model, run.opt, batch[:, :-1], targets, run.cfg, dd.device)
+    if dd.device.type == "cuda":
+        torch.cuda.synchronize()
+    shared = torch.tensor([loss.item(), run.clock() - t0, run.now()], dtype=torch.float64,
+                          device=dd.device)
+    if dd.ddp:
+        dist.all_reduce(shared)
+        shared /= dd.world
+    loss_v, dt, since = shared.cpu().tolist()
+    st.step += 1
+    st.train_seconds += dt
+    st.elapsed = run.base_elapsed + since
+    ntok = int(real[:, 1:].sum()) * dd.world
+    st.tokens += ntok
+    return loss_v, lr, ntok
+
+
+def periodic_eval(run: Run, reporter) -> None:
+    st = run.state
+    st.last_eval_at = st.train_seconds
+    n_select = run.eval_sizes()[1]
+    nll, _ = run.evaluate(run.test_tokens[:n_select], n_select)
+    st.history.append([st.step, st.train_seconds, nll])
+    run.log({"step": st.step, "train_seconds": st.train_seconds, "test_nll_subset": nll,
+             "eval_images": n_select})
+    run.save(nll, {"test_nll_nats": nll, "eval_images": n_select})
+    reporter.eval(st, nll, n_select)
+
+
+def fit(run: Run, reporter) -> bool:
+    """The training loop, until the steps or the time budget run out (the final evaluation's
+    time is kept aside). True when --stop-after ended it early, with last/ saved."""
+    cfg, st = run.cfg, run.state
+    reporter.start(run.total_steps, run.budget, st)
+    reporter.message(f"{run.config.arch} {run.config.n_layer}x{run.config.n_embd}, "
+                     f"{run.model.num_params() / 1e6:.2f}M params, {len(run.train_tokens)} train "
+                     f"lines, device {run.dd.device}, world {run.dd.world}, "
+                     + (f"{cfg.minutes:g} min on the {cfg.clock} clock (evaluations included)"
+                        if run.budget else f"{run.total_steps} steps"))
+    last_save, steps_here = st.train_seconds, 0
     t_log, tokens_log = time.perf_counter(), 0
-    steps_this_run = 0
-    while not done():
-        if cfg.get("stop_after") and steps_this_run >= cfg["stop_after"]:
-            save()
-            reporter.message(f"stopped after {steps_this_run} steps (--stop-after)")
-            if ddp:
-                dist.destroy_process_group()
-            return {"step": state.step, "stopped": True}
-        steps_this_run += 1
-        epoch, k = divmod(state.step, steps_per_epoch)
-        if dynamic and epoch != encoded_epoch:   # data preparation: off the training clock
-            lines = data.dynamic_epoch_lines(images, labels, cfg["seed"], epoch)
-            train_tokens = torch.from_numpy(tk.encode_corpus(tok, lines))
-            encoded_epoch = epoch
-        t0 = time.perf_counter()
-        idx = epoch_order(cfg["seed"], epoch, n)[k * B:(k + 1) * B][rank::world]
-        batch = train_tokens[idx].to(device, torch.long, non_blocking=True)
-        real = batch != tk.PAD_ID
-        if not real.all():      # BPE lines: trim to this batch's longest, ignore the padding
-            batch = batch[:, :int(real.sum(1).max())]
-            real = real[:, :batch.shape[1]]
-        targets = batch[:, 1:].masked_fill(~real[:, 1:], -1)
-        lr = lr_at(cfg, state.step, progress())
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = train_step(fwd_model, model, opt, batch[:, :-1], targets, cfg, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        state.step += 1
-        dt = time.perf_counter() - t0
-        state.train_seconds += dt
-        ntok = int(real[:, 1:].sum()) * world
-        state.tokens += ntok
+    while not run.done():
+        if cfg.stop_after and steps_here >= cfg.stop_after:
+            run.save()
+            reporter.message(f"stopped after {steps_here} steps (--stop-after)")
+            return True
+        steps_here += 1
+        loss, lr, ntok = one_step(run)
         tokens_log += ntok
-        if master and (state.step % cfg["log_every"] == 0 or state.step == 1):
-            l = loss.item()
-            tps = tokens_log / (time.perf_counter() - t_log)
+        if st.step % cfg.log_every == 0 or st.step == 1:
+            tps = tokens_log / max(time.perf_counter() - t_log, 1e-9)
             t_log, tokens_log = time.perf_counter(), 0
-            nats = l * float(real[:, 1:].sum()) / len(batch)
-            reporter.step(state, l, nats, lr, tps)
-            log({"step": state.step, "epoch": state.step / steps_per_epoch, "loss": l,
-                 "nats_per_image": nats, "lr": lr, "tok_per_s": tps,
-                 "train_seconds": state.train_seconds})
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
-        due_eval = cfg["eval_every"] and state.train_seconds - state.last_eval_at >= cfg["eval_every"]
-        if due_eval and not done():
-            state.last_eval_at = state.train_seconds
-            nll = evaluate_now(eval_subset)
-            better = nll < state.best_nll
-            state.best_nll = min(nll, state.best_nll)
-            state.history.append([state.step, state.train_seconds, nll])
-            log({"step": state.step, "train_seconds": state.train_seconds,
-                 "test_nll_subset": nll, "eval_images": len(eval_subset)})
-            if master:
-                reporter.eval(state, nll)
-            save(with_best=better, nll=nll, images=len(eval_subset))
-            last_save = state.train_seconds
-        elif state.train_seconds - last_save >= cfg["save_every"]:
-            save()
-            last_save = state.train_seconds
+            nats = loss * ntok / cfg.batch_size
+            reporter.step(st, loss, nats, lr, tps)
+            run.log({"step": st.step, "epoch": st.step / run.steps_per_epoch, "loss": loss,
+                     "nats_per_image": nats, "lr": lr, "tok_per_s": tps,
+                     "train_seconds": st.train_seconds})
+        if not math.isfinite(loss):
+            kept = f"{run.out / 'last'} holds step {run.saved_step}" if run.saved_step is not None \
+                else "no checkpoint was written"
+            raise TrainError(f"loss is {loss} at step {st.step}: training stopped; {kept} "
+                             f"(a lower --lr or --grad-clip may help)")
+        if cfg.eval_every and st.train_seconds - st.last_eval_at >= cfg.eval_every \
+                and not run.done():
+            periodic_eval(run, reporter)
+            last_save = st.train_seconds
+        elif st.train_seconds - last_save >= cfg.save_every:
+            run.save()
+            last_save = st.train_seconds
+    if run.budget and steps_here < 10 and st.step < run.total_steps:
+        reporter.message(f"--minutes {cfg.minutes:g} left time for {steps_here} steps after the "
+                         f"set-up and the final evaluation (about {run.reserve():.0f} s): give more "
+                         f"minutes, or fewer --final-eval-images")
+    return False
 
-    if ddp:   # every rank must hold the same weights; say so in the metrics
-        flat = torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
-        sums = torch.tensor([flat.sum().item(), (flat * flat).sum().item()], dtype=torch.float64)
-        gathered = [torch.zeros_like(sums) for _ in range(world)]
-        dist.all_gather(gathered, sums)
-        identical = all(torch.equal(gathered[0], g) for g in gathered)
-    nll_full = evaluate_now(test_tokens)
-    state.history.append([state.step, state.train_seconds, nll_full])
-    result = {"step": state.step, "train_seconds": state.train_seconds, "tokens": state.tokens,
-              "test_nll_nats": nll_full,
-              "test_bits_per_pixel": metrics.nats_to_bits_per_pixel(nll_full),
-              "eval_images": len(test_tokens)}
-    if ddp:
-        result.update(world=world, ddp_weights_identical=identical)
-    log(dict(result, final=True))
-    # `best` is chosen on the periodic eval's subset; compare the final weights on the same one
-    nll_sub = evaluate_now(eval_subset) if len(eval_subset) < len(test_tokens) else nll_full
-    better = nll_sub <= state.best_nll
-    state.best_nll = min(state.best_nll, nll_sub)
-    save(with_best=better, nll=nll_full, images=len(test_tokens))
-    if master:
-        reporter.eval(state, nll_full)
-        reporter.stop()
+
+def weights_identical(run: Run) -> bool:
+    """Whether every rank holds the same weights (sums of the weights and of their squares)."""
+    flat = torch.cat([p.detach().double().reshape(-1) for p in run.model.parameters()])
+    sums = torch.stack([flat.sum(), (flat * flat).sum()]).to(run.dd.device)
+    gathered = [torch.zeros_like(sums) for _ in range(run.dd.world)]
+    dist.all_gather(gathered, sums)
+    return all(torch.equal(gathered[0], g) for g in gathered)
+
+
+def finish(run: Run, reporter) -> dict:
+    """The final evaluation (bounded: --final-eval-images), best/ if better, last/, the plot."""
+    st = run.state
+    identical = weights_identical(run) if run.dd.ddp else None
+    n_final, n_select = run.eval_sizes()
+    n = max(n_final, n_select)     # one pass: the smaller set is the larger one's prefix
+    shard = len(range(run.dd.rank, n, run.dd.world))
+    whole, first = run.evaluate(run.test_tokens[:n], min(n_final, n_select),
+                                reporter.evaluating(f"final evaluation, {n} images", shard))
+    final, select = (whole, first) if n_final >= n_select else (first, whole)
+    st.history.append([st.step, st.train_seconds, final])
+    st.elapsed = run.base_elapsed + run.now()
+    result = {"step": st.step, "train_seconds": st.train_seconds, "elapsed_seconds": st.elapsed,
+              "tokens": st.tokens, "test_nll_nats": final,
+              "test_bits_per_pixel": metrics.nats_to_bits_per_pixel(final),
+              "eval_images": n_final}
+    if identical is not None:
+        result.update(world=run.dd.world, ddp_weights_identical=identical)
+    run.log(dict(result, final=True))
+    run.save(select, {"test_nll_nats": final, "eval_images": n_final, "select_images": n_select})
+    if run.dd.master:
         try:
-            from .render import plot_training
-            plot_training([metrics_path], out / "loss.png")
+            render.plot_training([run.out / "metrics.jsonl"], run.out / "loss.png")
         except Exception as e:   # a missing plot must never cost a trained model
             reporter.message(f"loss plot skipped: {e}")
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
+        if checkpoint.exists(run.out / "best"):
+            best = checkpoint.resolve(run.out / "best")
+            result["best"] = checkpoint.read_json(best / "metrics.json")
+    result["out"] = str(run.out)
     return result
+
+
+def train(plan: Plan | TrainConfig, reporter=None) -> dict:
+    """Prepare the run, fit, finish; returns the final metrics (or {"stopped": True, ...} after
+    --stop-after). A TrainConfig is planned as if its fields were given as flags."""
+    if isinstance(plan, TrainConfig):
+        plan = plan_run(plan.recipe, {k: v for k, v in plan.to_dict().items() if k != "recipe"})
+    clock = CLOCKS[plan.cfg.clock]
+    started = clock()
+    reporter = reporter or NullReporter()
+    with distributed(plan.cfg.device) as dd:
+        if not dd.master:
+            reporter = NullReporter(quiet=True)
+        for line in plan.notices:
+            reporter.message(line)
+        run = prepare_run(plan, dd, reporter, clock, started)
+        try:
+            if plan.last is not None:
+                reporter.message(f"resumed {plan.last} at step {run.state.step}")
+            if fit(run, reporter):
+                return {"step": run.state.step, "stopped": True, "out": str(run.out)}
+            return finish(run, reporter)
+        finally:
+            reporter.stop()
+            run.close()
+
+
+def ship(src, out) -> Path:
+    """Copy a run's checkpoint (weights, config, tokenizer) to `out` with the run's record:
+    its args, metrics and trainer state, and for a second stage its first stage's record."""
+    src = checkpoint.resolve(src)
+    model, config, tok = checkpoint.load_model(src)
+    run_dir = src.parent
+    meta: dict = {"source": str(src)}
+    if (run_dir / "args.json").exists():
+        meta["args"] = checkpoint.read_json(run_dir / "args.json")
+    if (src / "metrics.json").exists():
+        meta["metrics"] = checkpoint.read_json(src / "metrics.json")
+    if checkpoint.exists(run_dir / "last"):
+        last = checkpoint.resolve(run_dir / "last")
+        if (last / "state.json").exists():
+            st = State.from_dict(checkpoint.read_json(last / "state.json").get("state"),
+                                 last / "state.json")
+            meta["run_state"] = {k: getattr(st, k) for k in ("step", "train_seconds", "tokens",
+                                                             "best_nll")}
+    init = (meta.get("args") or {}).get("init_from")
+    if init and checkpoint.exists(init):   # a second stage: keep the first stage's record
+        init_dir = checkpoint.resolve(init)
+        if (init_dir / "metadata.json").exists():
+            meta["init_from"] = checkpoint.read_json(init_dir / "metadata.json")
+        elif (init_dir.parent / "args.json").exists():
+            meta["init_from"] = {"source": str(init_dir),
+                                 "args": checkpoint.read_json(init_dir.parent / "args.json")}
+    return checkpoint.write_dir(out, {"model.safetensors": checkpoint.model_tensors(model)},
+                                {"config.json": config.to_dict(), "metadata.json": meta},
+                                {"tokenizer.json": tok.to_str(pretty=True)})

@@ -1,5 +1,8 @@
-"""Training on a tiny slice: loss falls, exact resume, kill -9, corrupt checkpoints, 2-process DDP."""
+"""Training on a tiny slice: loss falls, exact resume, the run-directory rules (resume, --force,
+the lock), saves killed at every step, best/ never worse, non-finite loss, the time budget and
+its clock; end-to-end (kill -9, 2-process DDP) under the `slow` mark."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,11 +12,18 @@ import time
 import pytest
 import torch
 
-from mnisttext import checkpoint, cli
-from conftest import CORPUS, ROOT
+from conftest import CORPUS, ROOT, run_cli
+from mnisttext import checkpoint, config, train
 
 TINY = ["--preset", "tiny", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "2",
         "--eval-every", "0", "--log-every", "1", "--threads", "1", "--seed", "3"]
+
+
+@pytest.fixture(autouse=True)
+def no_plots(request, monkeypatch):
+    """Drawing loss.png costs more than a tiny run; one test checks it is drawn."""
+    if request.node.name != "test_loss_decreases_and_run_dir_is_complete":
+        monkeypatch.setattr(train.render, "plot_training", lambda paths, out: None)
 
 
 @pytest.fixture(scope="module")
@@ -29,31 +39,52 @@ def metrics(run):
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def train(run, corpus, *extra):
-    rc = cli.main(["train", "--corpus", str(corpus), "--out", str(run), *TINY, *extra])
+def fit(run, corpus, *extra):
+    rc = run_cli(["train", "--corpus", corpus, "--out", run, *TINY, *extra])
     assert rc == 0
     return metrics(run)
 
 
-def test_loss_decreases_and_run_dir_is_complete(tmp_path, small_corpus):
+def weights(d):
+    return checkpoint.read_tensors(checkpoint.resolve(d) / "model.safetensors")
+
+
+def same_weights(a, b):
+    ta, tb = weights(a), weights(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def last_step(run):
+    return json.loads((checkpoint.resolve(run / "last") / "state.json").read_text())["state"]["step"]
+
+
+# ---------------------------------------------------------------------------------------------
+# training and resume
+
+def test_loss_decreases_and_run_dir_is_complete(tmp_path, small_corpus, capsys):
     run = tmp_path / "run"
-    m = train(run, small_corpus, "--max-steps", "25")
+    m = fit(run, small_corpus, "--max-steps", "25")
     losses = [r["loss"] for r in m if "loss" in r]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     final = m[-1]
     assert final["final"] and final["test_nll_nats"] > 0 and final["eval_images"] == 48
     for f in ("args.json", "loss.png", "last/model.safetensors", "last/state.safetensors",
-              "last/config.json", "last/tokenizer.json", "best/model.safetensors"):
+              "last/config.json", "last/tokenizer.json", "best/model.safetensors", "best/metrics.json"):
         assert (run / f).exists(), f
-    model, config, tok = checkpoint.load_model(run / "best")
-    assert config.n_layer == 2 and tok.get_vocab_size() == 76
+    model, cfg, tok = checkpoint.load_model(run / "best")
+    assert cfg.n_layer == 2 and tok.get_vocab_size() == 76
+    saved = config.TrainConfig.from_dict(json.loads((run / "args.json").read_text()))
+    assert saved.model["n_layer"] == 2 and saved.clock == "wall"
+    err = capsys.readouterr().err
+    assert "final test NLL" in err and f"mnisttext generate --checkpoint {run}/best" in err
+    assert "{" not in err.splitlines()[-1]                  # no JSON dump at the end
 
 
 def test_resume_continues_exactly(tmp_path, small_corpus):
-    a = train(tmp_path / "a", small_corpus, "--max-steps", "10")
-    train(tmp_path / "b", small_corpus, "--max-steps", "10", "--stop-after", "4")
+    a = fit(tmp_path / "a", small_corpus, "--max-steps", "10")
+    fit(tmp_path / "b", small_corpus, "--max-steps", "10", "--stop-after", "4")
     started = json.loads((tmp_path / "b" / "args.json").read_text())["machine"]["started"]
-    b = train(tmp_path / "b", small_corpus, "--max-steps", "10", "--resume")
+    b = fit(tmp_path / "b", small_corpus, "--max-steps", "10", "--resume")
     machine = json.loads((tmp_path / "b" / "args.json").read_text())["machine"]
     assert machine["started"] == started and [r["step"] for r in machine["resumed"]] == [4]
     la = {r["step"]: r["loss"] for r in a if "loss" in r}
@@ -61,45 +92,262 @@ def test_resume_continues_exactly(tmp_path, small_corpus):
     assert set(range(5, 11)) <= set(lb)
     for s in range(5, 11):
         assert la[s] == lb[s], f"step {s}: {la[s]} != {lb[s]}"
-    ta = checkpoint.read_tensors(tmp_path / "a" / "last" / "model.safetensors")
-    tb = checkpoint.read_tensors(tmp_path / "b" / "last" / "model.safetensors")
-    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert same_weights(tmp_path / "a" / "last", tmp_path / "b" / "last")
 
 
-def test_resume_rebuilds_the_run_from_last_not_from_flags(tmp_path, small_corpus):
+def test_resume_rebuilds_the_run_from_last_not_from_flags(tmp_path, small_corpus, capsys):
     import shutil
-    train(tmp_path / "a", small_corpus, "--max-steps", "6")
-    full = train(tmp_path / "b", small_corpus, "--max-steps", "4", "--init-from", str(tmp_path / "a" / "last"))
-    train(tmp_path / "c", small_corpus, "--max-steps", "4", "--init-from", str(tmp_path / "a" / "last"),
-          "--stop-after", "2")
+    fit(tmp_path / "a", small_corpus, "--max-steps", "6")
+    full = fit(tmp_path / "b", small_corpus, "--max-steps", "4", "--init-from", tmp_path / "a" / "last")
+    fit(tmp_path / "c", small_corpus, "--max-steps", "4", "--init-from", tmp_path / "a" / "last",
+        "--stop-after", "2")
     shutil.rmtree(tmp_path / "a")            # the first stage is gone (e.g. overwritten by ship)
-    c = train(tmp_path / "c", small_corpus, "--max-steps", "4", "--init-from", str(tmp_path / "a" / "last"),
-              "--resume", "--n-layer", "5")  # and the model flags ask for another model
+    capsys.readouterr()
+    c = fit(tmp_path / "c", small_corpus, "--max-steps", "4", "--init-from", tmp_path / "a" / "last",
+            "--resume", "--n-layer", "5", "--lr", "1e-3")   # and the flags ask for another run
+    err = capsys.readouterr().err
+    assert "keeping n_layer=2" in err and "keeping lr=0.003" in err
     assert json.loads((tmp_path / "c" / "last" / "config.json").read_text())["n_layer"] == 2
-    assert json.loads((tmp_path / "c" / "args.json").read_text())["n_layer"] == 2
+    assert json.loads((tmp_path / "c" / "args.json").read_text())["model"]["n_layer"] == 2
     lf = {r["step"]: r["loss"] for r in full if "loss" in r}
     lc = {r["step"]: r["loss"] for r in c if "loss" in r}
     assert [lc[s] for s in (3, 4)] == [lf[s] for s in (3, 4)]
 
 
 def test_init_from_starts_from_the_weights_with_a_fresh_schedule(tmp_path, small_corpus):
-    train(tmp_path / "a", small_corpus, "--max-steps", "30")
-    first = checkpoint.read_tensors(tmp_path / "a" / "last" / "model.safetensors")
-    b = train(tmp_path / "b", small_corpus, "--max-steps", "3", "--init-from",
-              str(tmp_path / "a" / "last"), "--n-layer", "5")       # the model flags yield
+    fit(tmp_path / "a", small_corpus, "--max-steps", "30")
+    first = weights(tmp_path / "a" / "last")
+    b = fit(tmp_path / "b", small_corpus, "--max-steps", "3", "--init-from",
+            tmp_path / "a" / "last", "--n-layer", "5")       # the model flags yield
     cfg = json.loads((tmp_path / "b" / "last" / "config.json").read_text())
     assert cfg["n_layer"] == 2 and [r["step"] for r in b if "loss" in r] == [1, 2, 3]
     fresh = metrics(tmp_path / "a")
     # the first step's loss is the trained model's, far below a fresh model's first loss
     assert b[0]["loss"] < 0.8 * fresh[0]["loss"]
-    second = checkpoint.read_tensors(tmp_path / "b" / "last" / "model.safetensors")
+    second = weights(tmp_path / "b" / "last")
     assert any(not torch.equal(first[k], second[k]) for k in first)    # and it trains on
-    assert cli.main(["ship", str(tmp_path / "b" / "last"), "--out", str(tmp_path / "ship")]) == 0
+    assert run_cli(["ship", tmp_path / "b" / "last", "--out", tmp_path / "ship"]) == 0
     meta = json.loads((tmp_path / "ship" / "metadata.json").read_text())
     assert meta["args"]["init_from"] == str(tmp_path / "a" / "last")
     assert meta["init_from"]["args"]["max_steps"] == 30        # the first stage's record
 
 
+def test_micro_batches_give_the_whole_batch_gradient():
+    from mnisttext.model import PRESETS, GPTConfig, build_model
+    from mnisttext.train import RECIPES, make_optimizer, train_step
+    torch.manual_seed(0)
+    x = torch.randint(0, 76, (6, 40))
+    targets = x[:, 1:].clone()
+    targets[0, 20:] = -1                                       # padding: micro-batches of unequal weight
+    after = []
+    for parts in (1, 2, 3):
+        torch.manual_seed(0)
+        model = build_model(GPTConfig(**PRESETS["tiny"]))
+        cfg = dict(RECIPES["default"], dtype="fp32", grad_accum=parts, grad_clip=0.0)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        loss = train_step(model, model, opt, x[:, :-1], targets, cfg, torch.device("cpu"))
+        after.append((loss, [p.detach().clone() for p in model.parameters()]))
+    for loss, params in after[1:]:
+        torch.testing.assert_close(loss, after[0][0])
+        for a, b in zip(params, after[0][1]):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert make_optimizer(model, RECIPES["default"]).defaults.get("fused")   # the fused kernel on CPU
+
+
+def test_lr_schedule_warms_up_then_follows_the_cosine_to_its_floor():
+    cfg, _ = config.resolve("default", {"lr": 1.0, "warmup_steps": 4, "min_lr_frac": 0.1})
+    assert [train.lr_at(cfg, s, 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert train.lr_at(cfg, 4, 0.0) == 1.0
+    assert math.isclose(train.lr_at(cfg, 50, 0.5), 0.55)
+    assert math.isclose(train.lr_at(cfg, 99, 1.0), 0.1) and math.isclose(train.lr_at(cfg, 99, 7.0), 0.1)
+    const, _ = config.resolve("original", {"lr": 1e-4})
+    assert {train.lr_at(const, s, p) for s, p in ((0, 0), (500, 0.5), (900, 1.0))} == {1e-4}
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    a = train.epoch_order(3, 0, 100)
+    assert sorted(a.tolist()) == list(range(100))
+    assert torch.equal(a, train.epoch_order(3, 0, 100))
+    assert not torch.equal(a, train.epoch_order(3, 1, 100))
+    assert not torch.equal(a, train.epoch_order(4, 0, 100))
+
+
+# ---------------------------------------------------------------------------------------------
+# the run directory: plan, --resume, --force, the lock
+
+def test_plan_decides_resume_init_and_tokenizer_without_training(tmp_path, small_corpus):
+    out = tmp_path / "r"
+    plan = train.plan_run("default", {"out": str(out), "tokenizer": "bpe"})
+    assert plan.last is None and plan.init is None and plan.tokenizer == "bpe" and not plan.replace
+    with pytest.raises(checkpoint.RunDirError, match="no last/ checkpoint"):
+        train.plan_run("default", {"out": str(out), "resume": True})
+    fit(out, small_corpus, "--max-steps", "2", "--lr", "2e-3")
+    with pytest.raises(checkpoint.RunDirError, match="already holds a run.*--resume.*--force"):
+        train.plan_run("default", {"out": str(out)})
+    with pytest.raises(checkpoint.RunDirError, match="choose one"):
+        train.plan_run("default", {"out": str(out), "resume": True, "force": True})
+    plan = train.plan_run("default", {"out": str(out), "resume": True, "lr": 1.0})
+    assert plan.last == out / "last" and plan.tokenizer == out / "last"
+    assert plan.cfg.lr == 2e-3 and plan.cfg.model["n_layer"] == 2
+    assert plan.notices == ["resume: keeping lr=0.002 from the run (asked 1.0)"]
+    plan = train.plan_run("default", {"out": str(tmp_path / "s"), "init_from": str(out / "best"),
+                                      "tokenizer": "bpe", "model": {"n_embd": 64}})
+    assert plan.init == out / "best" and plan.tokenizer == out / "best"
+    assert plan.cfg.model["n_embd"] == 32 and plan.cfg.tokenizer == "char" and len(plan.notices) == 2
+    assert train.plan_run("default", {"out": str(out), "force": True}).replace
+
+
+def test_an_existing_run_needs_resume_or_force(tmp_path, small_corpus, capsys):
+    run = tmp_path / "r"
+    fit(run, small_corpus, "--max-steps", "3")
+    before = weights(run / "best")
+    capsys.readouterr()
+    assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume" in err and "--force" in err
+    assert all(torch.equal(before[k], v) for k, v in weights(run / "best").items())
+    assert run_cli(["train", "--corpus", small_corpus, "--out", tmp_path / "new", *TINY, "--resume"]) == 2
+    assert "no last/ checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "new" / "best").exists()
+    m = fit(run, small_corpus, "--max-steps", "2", "--force")    # replaced: a new run's records
+    assert [r["step"] for r in m if "loss" in r] == [1, 2]
+    assert last_step(run) == 2 and "resumed" not in json.loads((run / "args.json").read_text())["machine"]
+
+
+def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, small_corpus, capsys):
+    run = tmp_path / "r"
+    with checkpoint.RunLock(run):
+        assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "in use by another trainer" in err and str(os.getpid()) in err
+    assert not (run / "args.json").exists()
+    fit(run, small_corpus, "--max-steps", "2")                   # released: free again
+
+
+def test_a_stale_lock_of_a_killed_trainer_is_taken_over(tmp_path, small_corpus, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / ".lock").write_text(f"{dead.pid}\n")
+    (run / f".last.tmp{dead.pid}").mkdir()                      # and a half-written save of it
+    fit(run, small_corpus, "--max-steps", "2")
+    assert f"took over the lock of pid {dead.pid}" in capsys.readouterr().err
+    assert not (run / f".last.tmp{dead.pid}").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# saves killed part-way, best/, non-finite loss
+
+class Killed(BaseException):
+    """A kill at one rename or delete of a save (BaseException: nothing may catch it)."""
+
+
+def kill_at(monkeypatch, k):
+    """Make the k-th os.replace / shutil.rmtree inside checkpoint.py raise Killed."""
+    calls = {"n": 0}
+
+    def wrap(fn):
+        def f(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == k:
+                raise Killed(f"call {k}")
+            return fn(*a, **kw)
+        return f
+    monkeypatch.setattr(checkpoint.os, "replace", wrap(os.replace))
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", wrap(checkpoint.shutil.rmtree))
+    return calls
+
+
+SAVE_EVERY_STEP = ["--max-steps", "6", "--save-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory, small_corpus):
+    """(a 6-step run, the same run stopped after step 3), saving at every step."""
+    d = tmp_path_factory.mktemp("six")
+    fit(d / "ref", small_corpus, *SAVE_EVERY_STEP)
+    fit(d / "half", small_corpus, *SAVE_EVERY_STEP, "--stop-after", "3")
+    return d / "ref", d / "half"
+
+
+@pytest.mark.parametrize("k", range(1, 14))
+def test_a_save_killed_at_any_step_loses_at_most_one_interval(tmp_path, small_corpus, six_steps,
+                                                              monkeypatch, k):
+    # the resumed run writes args.json (1 rename), then saves at steps 4, 5, 6 (6 renames and
+    # deletes each): a kill at the k-th of them, then resume, must end where the unbroken run did
+    import shutil
+    ref, half = six_steps
+    run = tmp_path / "r"
+    shutil.copytree(half, run)
+    with monkeypatch.context() as m:
+        kill_at(m, k)
+        with pytest.raises(Killed):
+            run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, *SAVE_EVERY_STEP,
+                     "--resume"])
+    assert last_step(run) >= (3 if k <= 7 else 4)      # the save before the killed one
+    fit(run, small_corpus, *SAVE_EVERY_STEP, "--resume")
+    assert last_step(run) == 6 and same_weights(run / "last", ref / "last")
+    assert not [p for p in run.iterdir() if p.name.startswith(".last.")]   # leftovers cleaned
+
+
+def test_best_is_never_replaced_by_a_worse_model(tmp_path, small_corpus):
+    run = tmp_path / "r"
+    every_step = ["--eval-every", "1e-9", "--eval-images", "16", "--max-steps", "8"]
+    fit(run, small_corpus, *every_step, "--stop-after", "4")
+    rec = json.loads((run / "best" / "metrics.json").read_text())
+    evals = [r["test_nll_subset"] for r in metrics(run) if "test_nll_subset" in r]
+    assert rec["select_nll"] == min(evals)
+    # a save cut short after best/ and before last/: best/ holds a better model than last/ knows
+    rec["select_nll"] = rec["select_nll"] / 10
+    meta = checkpoint.resolve(run / "best") / "metrics.json"
+    meta.write_text(json.dumps(rec))
+    before = weights(run / "best")
+    fit(run, small_corpus, *every_step, "--resume")
+    after = weights(run / "best")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_last(tmp_path, small_corpus, monkeypatch, capsys):
+    run = tmp_path / "r"
+    fit(run, small_corpus, "--max-steps", "8", "--stop-after", "3")
+    kept = weights(run / "last")
+    real = train.train_step
+    monkeypatch.setattr(train, "train_step", lambda *a: real(*a) * math.nan)
+    capsys.readouterr()
+    assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "8",
+                    "--resume", "--save-every", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "loss is nan at step 4" in err and "holds step 3" in err
+    assert last_step(run) == 3 and all(torch.equal(kept[k], v) for k, v in weights(run / "last").items())
+
+
+# ---------------------------------------------------------------------------------------------
+# time: the budget counts evaluations, and --clock cpu counts CPU time
+
+def test_the_budget_counts_evaluations_and_follows_the_clock(tmp_path, small_corpus, monkeypatch):
+    assert train.CLOCKS["cpu"] is time.process_time and train.CLOCKS["wall"] is time.perf_counter
+    ticks = {"t": 0.0}
+
+    def fake_cpu_clock():        # every reading advances a second: 'CPU time' the test controls
+        ticks["t"] += 1.0
+        return ticks["t"]
+    monkeypatch.setitem(train.CLOCKS, "cpu", fake_cpu_clock)
+    run = tmp_path / "r"
+    result = train.train(train.plan_run("default", {
+        "corpus": str(small_corpus), "out": str(run), "preset": "tiny", "batch_size": 16,
+        "threads": 1, "epochs": 100.0, "minutes": 1.0, "clock": "cpu", "eval_every": 5.0,
+        "eval_images": 16}), train.NullReporter(quiet=True))
+    assert 50 <= result["elapsed_seconds"] <= 62             # the budget, evaluations included
+    assert result["train_seconds"] < result["elapsed_seconds"]
+    assert result["step"] < 100 * 320 // 16                  # stopped by time, not by steps
+    assert any("test_nll_subset" in r for r in metrics(run))
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end, in other processes
+
+@pytest.mark.slow
 def test_kill_9_then_resume(tmp_path, small_corpus):
     run = tmp_path / "k"
     cmd = [sys.executable, "cli.py", "train", "--corpus", str(small_corpus), "--out", str(run),
@@ -111,23 +359,21 @@ def test_kill_9_then_resume(tmp_path, small_corpus):
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = json.loads((checkpoint.resolve(run / "last") / "state.json").read_text())["state"]
-    assert 0 < state["step"] < 400
-    rc = cli.main(["train", "--corpus", str(small_corpus), "--out", str(run), *TINY,
-                   "--max-steps", "400", "--save-every", "0.2", "--resume", "--stop-after", "5"])
-    assert rc == 0
-    after = json.loads((checkpoint.resolve(run / "last") / "state.json").read_text())["state"]
-    assert after["step"] == state["step"] + 5
+    step = last_step(run)
+    assert 0 < step < 400
+    assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "400",
+                    "--save-every", "0.2", "--resume", "--stop-after", "5"]) == 0
+    assert last_step(run) == step + 5
 
 
 def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path, small_corpus, capsys):
     run = tmp_path / "c"
-    train(run, small_corpus, "--max-steps", "2")
-    weights = run / "best" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])           # truncated
+    fit(run, small_corpus, "--max-steps", "2")
+    weights_file = run / "best" / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100])           # truncated
     with pytest.raises(checkpoint.CheckpointError, match="model.safetensors"):
         checkpoint.load_model(run / "best")
-    weights.write_bytes(b"\x80\x02}q\x00.")                    # a pickle, never unpickled
+    weights_file.write_bytes(b"\x80\x02}q\x00.")                    # a pickle, never unpickled
     with pytest.raises(checkpoint.CheckpointError, match="safetensors"):
         checkpoint.load_model(run / "best")
     (run / "best" / "config.json").write_text('{"n_layer": "x", "bogus": 1}')
@@ -135,12 +381,21 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path, small_corpu
         checkpoint.load_model(run / "best")
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
         checkpoint.load_model(tmp_path / "nothing")
+    state = run / "last" / "state.json"
+    good = state.read_text()
+    state.write_text(good.replace('"step": 2', '"step": "two"'))
+    capsys.readouterr()
+    assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "4",
+                    "--resume"]) == 2
+    assert "state.json: state.step: expected int" in capsys.readouterr().err
+    state.write_text(good)
     (run / "last" / "state.safetensors").write_bytes(b"garbage")
-    rc = cli.main(["train", "--corpus", str(small_corpus), "--out", str(run), *TINY,
-                   "--max-steps", "4", "--resume"])
-    assert rc == 2 and "state.safetensors" in capsys.readouterr().err
+    assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "4",
+                    "--resume"]) == 2
+    assert "state.safetensors" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokens", ["char", "bpe"])
 def test_two_process_ddp(tmp_path, small_corpus, tokens):
     run = tmp_path / "ddp"
@@ -151,12 +406,29 @@ def test_two_process_ddp(tmp_path, small_corpus, tokens):
            "--out", str(run), *TINY, "--max-steps", "20", "--device", "cpu",
            "--tokenizer", tokens, "--bpe-vocab", "120"]   # BPE: rank 0's merges, sent to rank 1
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err[-2000:]
+    assert "terminate called" not in err and "Traceback" not in err, err[-2000:]
     m = metrics(run)
     final = m[-1]
     assert final["world"] == 2 and final["ddp_weights_identical"] is True
     losses = [r["loss"] for r in m if "loss" in r]
     assert sum(losses[-5:]) < sum(losses[:5])
+    assert err.count("final test NLL") == 1                    # rank 0 speaks for the job
+
+
+@pytest.mark.slow
+def test_ddp_stops_in_order_on_a_user_error(tmp_path, small_corpus):
+    run = tmp_path / "ddp"
+    run.mkdir()
+    (run / "args.json").write_text("{}")                       # holds a run: every rank refuses
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29519", "cli.py", "train", "--corpus", str(small_corpus),
+           "--out", str(run), *TINY, "--max-steps", "4", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "already holds a run" in err and "terminate called" not in err
 
 
 def test_keep_freed_memory_stops_the_page_faults_of_big_blocks():
@@ -181,25 +453,3 @@ def test_keep_freed_memory_stops_the_page_faults_of_big_blocks():
     before, after = map(int, out.stdout.split())
     pages = 10 * (40 << 20) // 4096
     assert before > pages // 2 and after < pages // 10, (before, after)
-
-
-def test_micro_batches_give_the_whole_batch_gradient():
-    from mnisttext.model import PRESETS, GPTConfig, build_model
-    from mnisttext.train import RECIPES, make_optimizer, train_step
-    torch.manual_seed(0)
-    x = torch.randint(0, 76, (6, 40))
-    targets = x[:, 1:].clone()
-    targets[0, 20:] = -1                                       # padding: micro-batches of unequal weight
-    after = []
-    for parts in (1, 2, 3):
-        torch.manual_seed(0)
-        model = build_model(GPTConfig(**PRESETS["tiny"]))
-        cfg = dict(RECIPES["default"], dtype="fp32", grad_accum=parts, grad_clip=0.0)
-        opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        loss = train_step(model, model, opt, x[:, :-1], targets, cfg, torch.device("cpu"))
-        after.append((loss, [p.detach().clone() for p in model.parameters()]))
-    for loss, params in after[1:]:
-        torch.testing.assert_close(loss, after[0][0])
-        for a, b in zip(params, after[0][1]):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    assert make_optimizer(model, RECIPES["default"]).defaults.get("fused")   # the fused kernel on CPU
