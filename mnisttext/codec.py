@@ -52,8 +52,14 @@ def line_length(bpp: int = 1) -> int:
 
 
 def bpp_of_length(length: int) -> int:
-    """Bits per pixel of lines (or model contexts) of this many characters/tokens."""
-    return (length - 2) // n_symbols(1)
+    """Bits per pixel of lines (or model contexts) of this many characters/tokens; a CodecError
+    where no bits per pixel fits (shorter than a 1-bit line, longer than a 6-bit one allows)."""
+    bpp = (length - 2) // n_symbols(1)
+    if not 1 <= bpp <= MAX_BPP:
+        raise CodecError(f"length {length}: no line of 1..{MAX_BPP} bits per pixel has it "
+                         f"(a line is {line_length(1)} characters at 1 bit per pixel, "
+                         f"{line_length(MAX_BPP)} at {MAX_BPP})")
+    return bpp
 
 
 def binarize(levels: np.ndarray, bpp: int = 1) -> np.ndarray:

@@ -10,13 +10,15 @@ downloads them), so a broken file is named with what is wrong with it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from . import codec
+from . import codec, paths
 from . import tokenizer as tk
 
 SPLITS = ("train", "test")
@@ -42,15 +44,21 @@ def read_idx(path, ndim: int) -> np.ndarray:
     """An IDX file (uint8 data) -> its array, checked: magic number, shape, length.
 
     torchvision reads the same files; reading them here first names the file and says what is
-    wrong with it (a wrong magic number, a truncated file) instead of 'not found'."""
+    wrong with it (a wrong magic number, a truncated file) instead of 'not found'. The header and
+    the file's size are checked before the data is touched, and the data is memory-mapped (read
+    only), so a huge or hostile file costs no memory."""
     path = Path(path)
+    head = 4 + 4 * ndim
     try:
-        raw = path.read_bytes()
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder, expected an IDX file")
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(head)
     except FileNotFoundError:
         raise DataError(f"{path}: missing") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
-    head = 4 + 4 * ndim
     if len(raw) < head:
         raise DataError(f"{path}: truncated ({len(raw)} bytes, not even a header)")
     magic = int.from_bytes(raw[:4], "big")
@@ -58,15 +66,20 @@ def read_idx(path, ndim: int) -> np.ndarray:
         raise DataError(f"{path}: not an IDX file of {ndim}-d uint8 data "
                         f"(magic number {magic:#010x}, expected {0x0800 + ndim:#010x})")
     shape = tuple(int.from_bytes(raw[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim))
-    need = head + int(np.prod(shape))
-    if len(raw) != need:
-        raise DataError(f"{path}: {len(raw)} bytes, its header {shape} says {need} "
-                        f"({'truncated' if len(raw) < need else 'trailing bytes'})")
-    return np.frombuffer(raw, dtype=np.uint8, offset=head).reshape(shape)
+    need = head + math.prod(shape)
+    if size != need:
+        raise DataError(f"{path}: {size} bytes, its header {shape} says {need} "
+                        f"({'truncated' if size < need else 'trailing bytes'})")
+    if not math.prod(shape):
+        return np.zeros(shape, dtype=np.uint8)
+    try:
+        return np.memmap(path, dtype=np.uint8, mode="r", offset=head, shape=shape)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read it ({e})") from None
 
 
-def load_images(root, train: bool, dataset: str = "mnist", download: bool = False):
-    """-> (images (N, 28, 28) uint8, labels (N,) int64), in the dataset's own order, from
+def open_images(root, train: bool, dataset: str = "mnist", download: bool = False):
+    """-> (images (N, 28, 28) uint8, memory-mapped, labels (N,) int64), checked, from
     ROOT/<Dataset>/raw/ (torchvision's layout; --download fetches them with torchvision)."""
     raw = raw_dir(root, dataset)
     img_name, lab_name = IDX_FILES[train]
@@ -83,21 +96,35 @@ def load_images(root, train: bool, dataset: str = "mnist", download: bool = Fals
     labels = read_idx(raw / lab_name, 1)
     if images.shape[1:] != (28, 28):
         raise DataError(f"{raw / img_name}: images are {images.shape[1:]}, expected 28x28")
+    if not len(images):
+        raise DataError(f"{raw / img_name}: holds no images")
     if len(labels) != len(images):
         raise DataError(f"{raw / lab_name}: {len(labels)} labels for {len(images)} images")
-    if labels.size and labels.max() > 9:
+    if labels.max() > 9:
         raise DataError(f"{raw / lab_name}: a label {int(labels.max())} is not a digit 0-9")
-    return images.copy(), labels.astype(np.int64)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def load_images(root, train: bool, dataset: str = "mnist", download: bool = False):
+    """open_images, read into memory: (images (N, 28, 28) uint8, labels (N,) int64)."""
+    images, labels = open_images(root, train, dataset, download)
+    return np.array(images), labels
 
 
 def stochastic_binarize(images: np.ndarray, seed) -> np.ndarray:
     """Each pixel on with probability x/255 (the literature's dynamically binarized MNIST),
     drawn from a generator seeded with `seed` (an int or a list of ints) -> 0/255 uint8."""
-    rng = np.random.default_rng(seed)
+    return _bernoulli(images, np.random.default_rng(seed))
+
+
+def _bernoulli(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """stochastic_binarize's draw from `rng`; drawing a split in chunks from one generator gives
+    the same pixels as one draw (each image takes an even count of 32-bit draws)."""
     return np.where(rng.random(images.shape, dtype=np.float32) * 255 < images, 255, 0).astype(np.uint8)
 
 
 CORPUS_FILES = ("train.txt", "test.txt", SUMS_FILE)
+CHUNK = 10_000             # images encoded and written at a time
 
 
 def export(root, out_dir, dataset: str = "mnist", bpp: int = 1, download: bool = False,
@@ -105,72 +132,160 @@ def export(root, out_dir, dataset: str = "mnist", bpp: int = 1, download: bool =
            force: bool = False) -> dict:
     """Write out_dir/{train,test}.txt and out_dir/SHA256SUMS as a whole. Returns {name: sha256}.
 
-    Both splits are encoded before anything is written, then the three files are written to a
-    folder beside out_dir and swapped in by renames: a failure at any point leaves the old corpus
-    and its sums as they were. An existing corpus is replaced only with force=True.
+    Every IDX file is checked before anything is written; the three files are then streamed into
+    a hidden folder beside out_dir and swapped in by renames: a failure (or a kill) at any point
+    leaves the old corpus and its sums as they were. out_dir must be new, empty, or hold only a
+    corpus, which is replaced only with force=True: nothing else is ever deleted.
     binarize "dynamic" draws each pixel as Bernoulli(x/255) with a fixed seed per split (bpp 1).
-    `progress(split, done, total)` is called as chunks are encoded."""
+    `progress(split, done, total)` is called as chunks are encoded. Memory stays at a chunk."""
     if binarize not in ("threshold", "dynamic"):
         raise DataError(f"unknown binarization {binarize!r} (threshold or dynamic)")
     if binarize == "dynamic" and bpp != 1:
         raise DataError("dynamic binarization draws 1-bit pixels; it takes --bpp 1")
+    codec.n_symbols(bpp)                       # a CodecError for a bad bpp, before any work
+    target = _check_export_target(out_dir, force)
+    splits = {split: open_images(root, split == "train", dataset, download) for split in SPLITS}
+    seeds = {split: [binarize_seed, SPLITS.index(split)] if binarize == "dynamic" else None
+             for split in SPLITS}
+    try:
+        return _write_corpus(target, splits, seeds, bpp, progress)
+    except OSError as e:
+        raise DataError(f"--out {out_dir}: cannot write the corpus there "
+                        f"({e.strerror or e}); nothing was changed") from None
+
+
+def _check_export_target(out_dir, force: bool) -> Path:
+    """The real folder to export into (symlinks resolved), or a DataError saying why not."""
     out_dir = Path(out_dir)
-    _check_export_target(out_dir, force)
-    blobs = {f"{split}.txt": _encode_split(root, split, dataset, bpp, download, progress,
-                                           binarize, binarize_seed) for split in SPLITS}
-    sums = {name: hashlib.sha256(b).hexdigest() for name, b in blobs.items()}
-    blobs[SUMS_FILE] = "".join(f"{h}  {n}\n" for n, h in sums.items()).encode()
-    _swap_in(out_dir, blobs)
+    if not str(out_dir).strip():
+        raise DataError("--out: an empty path")
+    if paths.is_shipped(out_dir):
+        raise DataError(f"--out {out_dir}: that is a shipped checkpoint folder; choose another")
+    target = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise DataError(f"--out {out_dir}: the current folder or one above it; export into a "
+                        f"folder of its own (e.g. --out corpus2)")
+    if target.exists() and not target.is_dir():
+        raise DataError(f"--out {out_dir}: exists and is not a folder")
+    above = next((p for p in target.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise DataError(f"--out {out_dir}: {above} is a file, not a folder")
+    _recover(target)
+    try:
+        entries = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+    except OSError as e:
+        raise DataError(f"--out {out_dir}: cannot read it ({e.strerror or e})") from None
+    others = [n for n in entries if n not in CORPUS_FILES]
+    if others:
+        raise DataError(f"--out {out_dir}: holds other files ({', '.join(others[:3])}"
+                        f"{', ...' if len(others) > 3 else ''}); export into a new or empty "
+                        f"folder (an existing corpus is replaced only as a whole, with --force)")
+    if entries and not force:
+        raise DataError(f"--out {out_dir}: already holds a corpus ({', '.join(entries)}); "
+                        f"pass --force to replace it, or choose another --out")
+    return target
+
+
+def _hidden(out_dir: Path, kind: str, pid: int | None = None) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.{kind}{os.getpid() if pid is None else pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True          # someone else's process
+    return True
+
+
+def _recover(out_dir: Path) -> None:
+    """Undo what a killed export left beside out_dir: put back an old corpus it had moved aside
+    (out_dir missing, `.NAME.old<pid>` present), and remove its half-written `.NAME.tmp<pid>`."""
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(tmp|old)(\d+)$")
+    for p in sorted(parent.iterdir()):
+        m = pattern.match(p.name)
+        if not m or _pid_alive(int(m.group(2))) or not p.is_dir():
+            continue
+        if m.group(1) == "old" and not out_dir.exists():
+            os.replace(p, out_dir)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _write_corpus(out_dir: Path, splits: dict, seeds: dict, bpp: int, progress) -> dict:
+    """Stream every split into a hidden folder beside out_dir, then swap it in."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _hidden(out_dir, "tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        sums = {f"{split}.txt": _write_split(tmp / f"{split}.txt", split, *splits[split],
+                                             seeds[split], bpp, progress) for split in SPLITS}
+        with open(tmp / SUMS_FILE, "wb") as f:
+            f.write("".join(f"{h}  {n}\n" for n, h in sums.items()).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        _swap_in(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return sums
 
 
-def _check_export_target(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--out {out_dir}: exists and is not a folder")
-    present = [n for n in CORPUS_FILES if (out_dir / n).exists()]
-    if present and not force:
-        raise DataError(f"--out {out_dir}: already holds a corpus ({', '.join(present)}); "
-                        f"pass --force to replace it, or choose another --out")
-    others = [p.name for p in out_dir.iterdir() if p.name not in CORPUS_FILES] if out_dir.is_dir() else []
-    if present and others:
-        raise DataError(f"--out {out_dir}: holds other files too ({', '.join(sorted(others)[:3])}); "
-                        f"export into a folder of its own")
+def _write_split(path: Path, split: str, images, labels, seed, bpp: int, progress) -> str:
+    """Encode one split chunk by chunk into `path` -> its sha256."""
+    h = hashlib.sha256()
+    rng = np.random.default_rng(seed) if seed is not None else None
+    with open(path, "wb") as f:
+        for s in range(0, len(images), CHUNK):
+            x = np.asarray(images[s:s + CHUNK])
+            if rng is not None:
+                x = _bernoulli(x, rng)
+            b = codec.encode_bytes(x, labels[s:s + CHUNK], bpp)
+            f.write(b)
+            h.update(b)
+            if progress:
+                progress(split, min(s + CHUNK, len(images)), len(images))
+        f.flush()
+        os.fsync(f.fileno())
+    return h.hexdigest()
 
 
-def _encode_split(root, split, dataset, bpp, download, progress, binarize, binarize_seed) -> bytes:
-    images, labels = load_images(root, split == "train", dataset, download)
-    if binarize == "dynamic":
-        images = stochastic_binarize(images, [binarize_seed, SPLITS.index(split)])
-    parts, chunk = [], 10_000
-    for s in range(0, len(images), chunk):
-        parts.append(codec.encode_bytes(images[s:s + chunk], labels[s:s + chunk], bpp))
-        if progress:
-            progress(split, min(s + chunk, len(images)), len(images))
-    return b"".join(parts)
-
-
-def _swap_in(out_dir: Path, blobs: dict[str, bytes]) -> None:
-    """Write blobs into a fresh folder beside out_dir, then rename it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Rename the complete folder tmp to out_dir; an old out_dir is moved aside first (and put
+    back if the second rename fails), then deleted."""
+    old = _hidden(out_dir, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        os.replace(out_dir, old)
     try:
-        for name, b in blobs.items():
-            with open(tmp / name, "wb") as f:
-                f.write(b)
-                f.flush()
-                os.fsync(f.fileno())
-        if out_dir.exists():
-            os.replace(out_dir, old)
         os.replace(tmp, out_dir)
     except BaseException:
         if old.exists() and not out_dir.exists():
             os.replace(old, out_dir)       # put the old corpus back
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_dir(out_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:                    # the renames reach the disk (not possible on every platform)
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_sums(corpus_dir) -> dict:
@@ -178,17 +293,56 @@ def read_sums(corpus_dir) -> dict:
     return {n: h for h, n in (l.split() for l in p.read_text().splitlines() if l.strip())}
 
 
-def read_lines(path) -> list[str]:
+MAX_LINE = 4096          # bytes read per line at most: the longest line of the format is 902
+BOM = b"\xef\xbb\xbf"
+
+
+SKIP = 1 << 20           # bytes of a cut line skipped at most before reading on as a new line
+
+
+def raw_lines(f, max_line: int = MAX_LINE):
+    """Yield (line number, bytes without the line end, whether it was cut) from a binary file,
+    holding at most max_line bytes at a time: a longer line is cut there and up to a MiB more
+    of it skipped (then the rest counts as further lines), so a file without newlines, even
+    /dev/zero, costs no memory and still yields. A UTF-8 byte order mark is dropped."""
+    n = 0
+    while raw := f.readline(max_line + 1):
+        n += 1
+        if n == 1 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
+        if len(raw) > max_line and not raw.endswith(b"\n"):
+            skipped = 0
+            while skipped < SKIP and (rest := f.readline(1 << 16)) and not rest.endswith(b"\n"):
+                skipped += len(rest)
+            yield n, raw[:max_line], True
+        else:
+            yield n, raw.rstrip(b"\n").rstrip(b"\r"), False
+
+
+def read_lines(path, limit: int | None = None) -> list[str]:
+    """The first `limit` (default: all) lines of a text file of lines, read as a stream: a line
+    that is not ASCII or is far longer than any line of the format is a DataError naming it."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such corpus file (make one with `mnisttext export "
                         f"--data-root DIR`, where DIR/MNIST/raw/ holds the MNIST IDX files)")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a text file of lines")
+    out = []
     try:
-        return path.read_text(encoding="ascii", errors="strict").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not an ASCII text corpus (byte {e.start})") from None
+        with open(path, "rb") as f:
+            for i, raw, cut in raw_lines(f):
+                if limit is not None and len(out) >= limit:
+                    break
+                if cut:
+                    raise DataError(f"{path}:{i}: a line over {MAX_LINE} bytes; not a file of lines")
+                try:
+                    out.append(raw.decode("ascii"))
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{i}: not ASCII text (byte {e.start} of the line)") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    return out
 
 
 def dynamic_epoch_lines(images: np.ndarray, labels: np.ndarray, seed: int, epoch: int) -> list[str]:
@@ -206,14 +360,17 @@ def load_split(corpus_dir, split: str, tok, limit: int | None = None) -> np.ndar
 def read_split(corpus_dir, split: str, limit: int | None = None) -> list[str]:
     """corpus_dir/<split>.txt -> its lines, every one checked (one bpp, well-formed)."""
     path = Path(corpus_dir) / f"{split}.txt"
-    lines = read_lines(path)[:limit]
+    lines = read_lines(path, limit)
     if not lines:
         raise DataError(f"{path}: empty")
     n = len(lines[0])
     bad = next((i for i, l in enumerate(lines) if len(l) != n), None)
     if bad is not None:
         raise DataError(f"{path}:{bad + 1}: line length {len(lines[bad])}, expected {n}")
-    bpp = codec.bpp_of_length(n)
+    try:
+        bpp = codec.bpp_of_length(n)
+    except codec.CodecError as e:
+        raise DataError(f"{path}:1: {e}") from None
     _, _, _, errors = codec.parse_lines(lines, bpp)
     if errors:
         i, msg = errors[0]

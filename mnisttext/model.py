@@ -23,6 +23,8 @@ from .kvcache import KVCache
 from .runtime import Dropout
 
 GELUS = ("exact", "tanh")
+ACTS = ("gelu", "relu2")          # the MLP's nonlinearity: GELU (see `gelu`) or ReLU squared
+ROPES = ("none", "1d", "2d")      # rotary position embeddings on queries and keys
 MAX_PARAMS = 2_000_000_000       # refuse configs whose weights alone would not fit in memory
 
 
@@ -42,6 +44,16 @@ class GPTConfig:
     bias: bool = True
     bit_embed: bool = False    # add a learned embedding of each symbol's 6 pixel bits
     gelu: str = "exact"        # the MLP's GELU: "exact" (erf) or "tanh" (GPT-2's approximation)
+    # Options measured in docs/ablations.md. Each default is the model as it was before the
+    # field existed, so config.json files saved without it keep their meaning.
+    wpe: bool = True           # learned absolute position embeddings
+    rope: str = "none"         # rotary q/k: "1d" by token index, "2d" by (pixel row, column)
+    qk_norm: bool = False      # RMSNorm (with a learned gain) on each head's queries and keys
+    act: str = "gelu"          # the MLP's nonlinearity: "gelu" or "relu2" (ReLU squared)
+    conv_kernel: int = 0       # >0: canon layers, causal depthwise convs (+ residual) of this width
+    conv_at: str = "ac"        # where: before the attention ("a"), before the MLP ("c"), or both
+    zero_init_proj: bool = False   # output projections (attention, MLP) start at zero
+    n_kv_head: int = 0         # key/value heads (grouped-query attention); 0 = n_head
 
     def __post_init__(self):
         ints = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
@@ -49,7 +61,7 @@ class GPTConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {v!r}")
-        for name in ("bias", "bit_embed"):
+        for name in ("bias", "bit_embed", "wpe", "qk_norm", "zero_init_proj"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
@@ -61,6 +73,26 @@ class GPTConfig:
             raise ConfigError(f"gelu: expected 'exact' or 'tanh', got {self.gelu!r}")
         if self.arch == "gpt" and self.n_embd % self.n_head:
             raise ConfigError(f"n_head: {self.n_head} does not divide n_embd {self.n_embd}")
+        if self.rope not in ROPES:
+            raise ConfigError(f"rope: expected one of {', '.join(ROPES)}, got {self.rope!r}")
+        if self.act not in ACTS:
+            raise ConfigError(f"act: expected one of {', '.join(ACTS)}, got {self.act!r}")
+        for name in ("conv_kernel", "n_kv_head"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name}: expected an integer >= 0, got {v!r}")
+        if self.conv_at not in ("a", "c", "ac"):
+            raise ConfigError(f"conv_at: expected 'a', 'c' or 'ac', got {self.conv_at!r}")
+        if self.n_kv_head and self.n_head % self.n_kv_head:
+            raise ConfigError(f"n_kv_head: {self.n_kv_head} does not divide n_head {self.n_head}")
+        if self.rope != "none" and (self.n_embd // self.n_head) % 4:
+            raise ConfigError(f"rope: the head size {self.n_embd // self.n_head} must be a "
+                              f"multiple of 4")
+        if self.arch == "gru" and (self.rope != "none" or self.qk_norm or self.act != "gelu"
+                                   or self.conv_kernel or self.n_kv_head or not self.wpe
+                                   or self.zero_init_proj):
+            raise ConfigError("arch: the gru has none of the GPT options (rope, qk_norm, act, "
+                              "conv_kernel, n_kv_head, wpe, zero_init_proj)")
         if self.vocab_size < 76:
             raise ConfigError(f"vocab_size: {self.vocab_size} is smaller than the 76 character tokens")
         if self.block_size < 3:
@@ -73,12 +105,17 @@ class GPTConfig:
         C = self.n_embd
         if self.arch == "gru":
             return self.n_layer * 6 * C * C + 2 * self.vocab_size * C
-        return self.n_layer * 12 * C * C + (self.vocab_size + self.block_size) * C
+        kv = self.kv_heads * (C // self.n_head)
+        return self.n_layer * (10 * C * C + 2 * C * kv) + (self.vocab_size + self.block_size) * C
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         """From config.json. Configs saved before `gelu` existed used tanh; "none" is the old
-        name of "exact"."""
+        name of "exact". Fields added later (wpe ... n_kv_head) default to the model as it was."""
         if not isinstance(d, dict):
             raise ConfigError("expected a JSON object")
         unknown = set(d) - {f.name for f in fields(cls)}
@@ -131,38 +168,130 @@ def causal_attention(q, k, v, chunks: int = 2):
     return torch.cat(ys, 1).transpose(1, 2)                                  # (B, nh, T, hs)
 
 
+def rope_angles(config: GPTConfig) -> torch.Tensor:
+    """(block_size, hs/2) float64: the angle by which each position turns each (x_f, x_f+hs/2)
+    pair of its queries and keys.
+
+    "1d": position i turns pair f by i * 10000^(-2f/hs) (RoFormer), so q.k depends on i - j.
+    "2d": the first half of the pairs turn by the symbol's pixel row, the second half by its
+    column: symbol s = i - 1 covers row s // 5, column s % 5 of the 30x30 image (one bit per
+    pixel, character tokens); the class digit is row -1, the closing ')' row 30."""
+    hs = config.n_embd // config.n_head
+    i = torch.arange(config.block_size, dtype=torch.float64)
+    if config.rope == "1d":
+        return torch.outer(i, 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs))
+    theta = 100.0 ** (-torch.arange(hs // 4, dtype=torch.float64) / (hs // 4))   # (hs/4,)
+    row, col = torch.div(i - 1, 5, rounding_mode="floor"), (i - 1).remainder(5)
+    return torch.cat([torch.outer(row, theta), torch.outer(col, theta)], 1)
+
+
+def apply_rope(x, cos, sin):
+    """Turn the (x_f, x_f+hs/2) pairs of x (..., T, hs) by the angles whose cos, sin are (T, hs/2)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class CausalConv(nn.Module):
+    """A "canon layer": x + a causal depthwise convolution of x along the sequence,
+    y_t = x_t + sum_j w_j * x_{t-j} (j = 0..k-1, one weight per channel). Each token sees the
+    k-1 before it without attention; with k >= 6 that includes the symbol above (5 back).
+    The weights start at zero, so the layer starts as the identity.
+
+    With a cache (CanonKVCache), the last k-1 inputs are kept under `key` for the next call."""
+
+    def __init__(self, n_embd: int, kernel: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(kernel, n_embd))    # (k, C); w_j = weight[j]
+
+    def forward(self, x, cache=None, key=None):
+        B, T, C = x.shape
+        k = self.weight.shape[0]
+        prev = cache.conv.get(key) if cache is not None and cache.pos > 0 else None
+        if prev is None:                                           # the line starts here
+            prev = x.new_zeros(B, k - 1, C)
+        xp = torch.cat([prev, x], 1)                               # (B, k-1+T, C)
+        if cache is not None:
+            cache.conv[key] = xp[:, xp.shape[1] - (k - 1):]        # (B, k-1, C)
+        w = self.weight.to(x.dtype)
+        y = x
+        for j in range(k):                                         # k shifted multiply-adds
+            y = torch.addcmul(y, xp[:, k - 1 - j:k - 1 - j + T], w[j])   # (B, T, C)
+        return y
+
+
+class CanonKVCache(KVCache):
+    """The KV cache plus each canon layer's last k-1 inputs: conv[(layer, i)] is (B, k-1, C)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conv = {}
+
+    def expand(self, n: int) -> "CanonKVCache":
+        new = super().expand(n)
+        new.conv = {key: t.expand(n, -1, -1).contiguous() for key, t in self.conv.items()}
+        return new
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * gain over the last dimension, in x's dtype (nn.RMSNorm's fp32 gain would
+    keep bf16 inputs off the fused kernel)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        hs = config.n_embd // config.n_head
+        self.n_head, self.n_kv_head, self.n_embd = config.n_head, config.kv_heads, config.n_embd
+        # queries for every head, keys and values for each of the n_kv_head groups
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * self.n_kv_head) * hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
-        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.q_norm = RMSNorm(hs) if config.qk_norm else None
+        self.k_norm = RMSNorm(hs) if config.qk_norm else None
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rope=None):
+        """x (B, T, C); rope: (cos, sin), each (T, hs/2), for these T positions, or None."""
         B, T, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
-        qkv = self.c_attn(x)                                     # (B, T, 3C)
-        if T > 1 and x.device.type == "cpu":
+        nh, nkv, hs = self.n_head, self.n_kv_head, C // self.n_head
+        qkv = self.c_attn(x)                                     # (B, T, (nh + 2 nkv) hs)
+        if T > 1 and x.device.type == "cpu" and nkv == nh:
             # one copy into head-major order, so the attention products read whole heads
             qkv = qkv.view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).contiguous()   # (3, B, nh, T, hs)
             q, k, v = qkv.unbind(0)                              # (B, nh, T, hs)
         else:
-            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(C, dim=2))  # (B, nh, T, hs)
+            q, k, v = qkv.split([nh * hs, nkv * hs, nkv * hs], dim=2)
+            q = q.view(B, T, nh, hs).transpose(1, 2)             # (B, nh, T, hs)
+            k, v = (t.view(B, T, nkv, hs).transpose(1, 2) for t in (k, v))   # (B, nkv, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:    # the cache keeps the turned keys: a key's angle is its position's
+            cos, sin = (t.to(q.dtype) for t in rope)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         p = 0
         if cache is not None:
             p = cache.pos
-            k, v = cache.write(layer, k, v)                      # (B, nh, p+T, hs)
+            k, v = cache.write(layer, k, v)                      # (B, nkv, p+T, hs)
         # no dropout on the attention weights: it would force the slow math kernel on CPU
-        if p == 0 and T > 1 and x.device.type == "cpu":
-            y = causal_attention(q, k, v)                        # (B, nh, T, hs)
-        elif p == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
-        elif T == 1:
+        if p > 0 and T == 1 and nkv == nh:
             y = cache.attend_one(layer, q)                       # (B, nh, 1, hs)
-        else:   # a chunk after a prefix: query i sees keys up to p + i
-            mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            if nkv != nh:     # each group of nh / nkv query heads reads one key/value head
+                k, v = (t.repeat_interleave(nh // nkv, dim=1) for t in (k, v))   # (B, nh, p+T, hs)
+            if p == 0 and T > 1 and x.device.type == "cpu":
+                y = causal_attention(q, k, v)                    # (B, nh, T, hs)
+            elif p == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            else:   # a chunk (or, with nkv < nh, one token) after a prefix: query i sees keys up to p + i
+                mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)          # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -172,11 +301,14 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="none" if config.gelu == "exact" else "tanh")
+        self.relu2 = config.act == "relu2"
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)                                         # (B, T, 4C)
+        h = F.relu(h).square() if self.relu2 else self.gelu(h)
+        return self.dropout(self.c_proj(h))                      # (B, T, C)
 
 
 class Block(nn.Module):
@@ -186,19 +318,29 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
+        k = config.conv_kernel        # canon layers on the attention's and/or the MLP's inputs
+        self.canon_a = CausalConv(config.n_embd, k) if k and "a" in config.conv_at else None
+        self.canon_c = CausalConv(config.n_embd, k) if k and "c" in config.conv_at else None
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x, cache=None, layer=0, rope=None):
+        h = self.ln_1(x)
+        if self.canon_a is not None:
+            h = self.canon_a(h, cache, (layer, 0))
+        x = x + self.attn(h, cache, layer, rope)
+        h = self.ln_2(x)
+        if self.canon_c is not None:
+            h = self.canon_c(h, cache, (layer, 1))
+        return x + self.mlp(h)
 
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        # (the order of the modules is the order of initialisation and of the optimizer's state)
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **(dict(wpe=nn.Embedding(config.block_size, config.n_embd)) if config.wpe else {}),
             drop=Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -210,10 +352,17 @@ class GPT(nn.Module):
             # from the first step instead of learning it from 64 unrelated ids
             self.register_buffer("symbol_bits", symbol_bit_table(config.vocab_size), persistent=False)
             self.bit_proj = nn.Linear(6, config.n_embd, bias=False)
+        if config.rope != "none":
+            ang = rope_angles(config)                           # (block_size, hs/2)
+            self.register_buffer("rope_cos", ang.cos().float(), persistent=False)
+            self.register_buffer("rope_sin", ang.sin().float(), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():                # GPT-2's scaled residual init
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:                       # each block starts as the identity
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(m):
@@ -226,11 +375,14 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        if non_embedding and self.config.wpe:
+            n -= self.transformer.wpe.weight.numel()
+        return n
 
     def new_cache(self, batch_size: int) -> KVCache:
         c = self.config
-        return KVCache(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+        cls = CanonKVCache if c.conv_kernel else KVCache
+        return cls(c.n_layer, batch_size, c.kv_heads, c.block_size, c.n_embd // c.n_head)
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         """idx (B, T) token ids -> logits (B, T, V); loss = mean CE over targets (-1 = ignore).
@@ -241,13 +393,17 @@ class GPT(nn.Module):
         p0 = kv_cache.pos if kv_cache is not None else 0
         if p0 + T > self.config.block_size:
             raise ValueError(f"sequence of {p0 + T} tokens > block size {self.config.block_size}")
-        pos = torch.arange(p0, p0 + T, device=idx.device)        # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)   # (B, T, C)
+        x = self.transformer.wte(idx)                            # (B, T, C)
+        if self.config.wpe:
+            x = x + self.transformer.wpe(torch.arange(p0, p0 + T, device=idx.device))
         if self.config.bit_embed:
             x = x + self.bit_proj(self.symbol_bits[idx])                # (B, T, C)
+        rope = None
+        if self.config.rope != "none":
+            rope = (self.rope_cos[p0:p0 + T], self.rope_sin[p0:p0 + T])    # (T, hs/2) each
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, i)
+            x = block(x, kv_cache, i, rope)
         if kv_cache is not None:
             kv_cache.pos += T
         logits = self.lm_head(self.transformer.ln_f(x))          # (B, T, V)

@@ -30,25 +30,9 @@ def sample_next_token(logits: torch.Tensor, generator: torch.Generator | None = 
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]           # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)                        # (B, V)
-        # drop a token once the mass before it already reaches top_p (the first always stays)
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    # Inverse-CDF sampling, one uniform per row: torch.multinomial draws an exponential for every
-    # vocabulary entry, which with 512 BPE tokens took ~10% of a decode step on a CPU.
-    probs = F.softmax(logits, dim=-1)                                     # (B, V)
-    # flat across zero-probability tokens even where cumsum is a parallel scan (CUDA)
-    cdf = torch.where(probs > 0, probs.cumsum(-1), 0).cummax(-1).values      # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device) * cdf[:, -1:]
-    # the first index whose cdf exceeds u has non-zero probability: masked tokens are never drawn
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    probs = _probs(logits, temperature, top_k, top_p)                     # (B, V)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
+    return _draw(probs, u)
 
 
 @dataclass
@@ -84,6 +68,22 @@ def _check_prefix(prefix, sym_len, n_sym) -> int:
     return given
 
 
+# Rows of a decode batch are computed independently of each other only above a few rows: with
+# fewer, MKL's fp32 GEMM takes another kernel (at M <= 3 on one thread, at M < 12 and not a
+# multiple of 4 on two). Batches are padded to this many rows, so a row's logits are the same
+# whatever else is decoded beside it (machine.decode_plan checks it on the real model).
+MIN_ROWS = 16
+
+
+@dataclass
+class Group:
+    """n candidates of one prefix, their random numbers from their own generator."""
+    prefix: list[int]
+    n: int
+    generator: torch.Generator
+    on_step: object = None          # on_step(t, tokens of this group) or None
+
+
 @torch.inference_mode()
 def generate(model, prefix: list[int], n: int, generator: torch.Generator,
              settings: SampleSettings = SampleSettings(), device="cpu", on_step=None,
@@ -94,46 +94,146 @@ def generate(model, prefix: list[int], n: int, generator: torch.Generator,
     Constrained decoding: a row may only take body tokens that fit in its remaining symbols, and
     once its 150*bpp symbols are spelled, ')' and then <pad>. on_step(t, tokens) is called after
     position t is filled. The model runs in its own dtype (see packing.prepare_for_sampling)."""
+    return generate_groups(model, [Group(prefix, n, generator, on_step)], settings, device, grammar)[0]
+
+
+@torch.inference_mode()
+def generate_groups(model, groups: list[Group], settings: SampleSettings = SampleSettings(),
+                    device="cpu", grammar: tk.Grammar | None = None) -> list[torch.Tensor]:
+    """Several `generate` calls as one batch -> each group's (n, L) tokens, the same tokens as
+    each group alone (row results do not depend on the batch: see MIN_ROWS). Prefixes must
+    have the same length in tokens.
+
+    Each group's prefix runs through the model once (batch 1) and its cache is copied to its n
+    rows; then every step runs all rows at once. A group's uniforms are drawn from its own
+    generator, n per step in row order, for as long as it would run alone: once all its lines
+    are spelled out (BPE lines end at different steps) it draws nothing more, and its rows ride
+    along on ')' and <pad> until the last group ends."""
     n_sym = codec.n_symbols(settings.bpp)
     grammar = grammar or tk.Grammar.character()
     device = torch.device(device)
+    _check_settings(settings)
+    if not groups:
+        return []
+    P = len(groups[0].prefix)
+    if any(len(g.prefix) != P for g in groups):
+        raise ValueError("groups decoded together need prefixes of the same length")
     sym_len = torch.as_tensor(grammar.sym_len, device=device)                  # (V,)
-    given = _check_prefix(prefix, sym_len, n_sym)
-    L = len(prefix) + (n_sym - given) + 1        # the longest a line can get: 1 symbol a token
-    out = torch.full((n, L), tk.PAD_ID, dtype=torch.long, device=device)
-    out[:, :len(prefix)] = torch.tensor(prefix, device=device)
-    remaining = torch.full((n,), n_sym - given, dtype=torch.long, device=device)
-    ended = torch.zeros(n, dtype=torch.bool, device=device)
-    rows = torch.arange(n, device=device)
-    x = torch.tensor([prefix], device=device)                            # (1, P)
-    cache = model.new_cache(1) if settings.use_cache else None
-    logits = model(x, kv_cache=cache)[0][:, -1].expand(n, -1)           # (n, V): prefill once
-    if cache is not None:
-        cache = cache.expand(n)
-    t = len(prefix)
+    body = sym_len > 0
+    given = [_check_prefix(g.prefix, sym_len, n_sym) for g in groups]
+    lengths = [P + (n_sym - gv) + 1 for gv in given]   # the longest a line can get: 1 symbol a token
+    sizes = [g.n for g in groups]
+    R = sum(sizes)
+    pad = max(0, MIN_ROWS - R)                          # dummy rows: a copy of the last group's
+    rows_of = []
+    start = 0
+    for n in sizes:
+        rows_of.append(slice(start, start + n))
+        start += n
+    Rp = R + pad
+    out = torch.full((Rp, max(lengths)), tk.PAD_ID, dtype=torch.long, device=device)
+    for g, r in zip(groups, rows_of):
+        out[r, :P] = torch.tensor(g.prefix, device=device)
+    out[R:, :P] = out[R - 1, :P]
+    remaining = torch.tensor([n_sym - gv for gv, n in zip(given, sizes) for _ in range(n)]
+                             + [n_sym - given[-1]] * pad, dtype=torch.long, device=device)
+    ended = torch.zeros(Rp, dtype=torch.bool, device=device)
+    rows = torch.arange(Rp, device=device)
+    # prefill: each prefix once, at batch 1 (as a group alone would), then copied to its rows
+    logits, caches = [], []
+    for g in groups:
+        cache = model.new_cache(1) if settings.use_cache else None
+        logits.append(model(torch.tensor([g.prefix], device=device), kv_cache=cache)[0][:, -1])
+        caches.append(cache)
+    counts = sizes[:-1] + [sizes[-1] + pad]
+    logits = torch.cat([lg.expand(c, -1) for lg, c in zip(logits, counts)])     # (Rp, V)
+    cache = _join_caches(caches, counts) if settings.use_cache else None
+    active = [True] * len(groups)
+    ends = list(lengths)
+    t = P
     while True:
-        allowed, fin = _allowed(sym_len > 0, sym_len, remaining, ended, rows)
+        allowed, fin = _allowed(body, sym_len, remaining, ended, rows)
         logits = logits.float()
         if not bool(torch.isfinite(logits).any(-1).all()) or bool(logits.isnan().any()):
             raise SamplingError("the model produced NaN or infinite logits: its weights are "
                                 "broken (a diverged or corrupt checkpoint)")
         logits = logits.masked_fill(~allowed, float("-inf"))
-        tok = sample_next_token(logits, generator, settings.temperature, settings.top_k,
-                                settings.top_p)                     # (n,)
+        u = None
+        if settings.temperature > 0:
+            u = torch.zeros(Rp, 1, device=device)
+            for g, r, a in zip(groups, rows_of, active):
+                if a:
+                    u[r] = torch.rand(g.n, 1, generator=g.generator, device=device)
+        tok = _sample_rows(logits, u, settings.temperature, settings.top_k, settings.top_p)   # (Rp,)
         out[:, t] = tok
         remaining -= sym_len[tok]
         ended |= fin
-        if on_step:
-            on_step(t, out)
         t += 1
-        if bool((remaining == 0).all()):   # the rest is ')' (or <pad>), nothing to sample
-            out[:, t] = torch.where(ended, tk.PAD_ID, tk.END_ID)
+        spelled = remaining == 0
+        for i, (g, r) in enumerate(zip(groups, rows_of)):
+            if not active[i]:
+                continue
+            if g.on_step:
+                g.on_step(t - 1, out[r, :lengths[i]])
+            if bool(spelled[r].all()):        # the rest is ')' (or <pad>), nothing to sample
+                out[r, t] = torch.where(ended[r], tk.PAD_ID, tk.END_ID)
+                active[i], ends[i] = False, t + 1
+        if not any(active):
             break
         if cache is not None:
-            logits = model(tok[:, None], kv_cache=cache)[0][:, -1]      # (n, V)
+            logits = model(tok[:, None], kv_cache=cache)[0][:, -1]      # (Rp, V)
         else:
-            logits = model(out[:, :t])[0][:, -1]                        # (n, V)
-    return out[:, :t + 1]
+            logits = model(out[:, :t])[0][:, -1]                        # (Rp, V)
+    return [out[r, :e] for r, e in zip(rows_of, ends)]
+
+
+def _join_caches(caches, counts):
+    """One cache for all rows: cache i copied to counts[i] rows."""
+    if len(caches) == 1:
+        return caches[0].expand(counts[0])
+    join = getattr(type(caches[0]), "cat", None)
+    if join is None:
+        raise TypeError(f"{type(caches[0]).__name__} cannot join the caches of several prefixes")
+    return join(caches, counts)
+
+
+def _check_settings(settings: SampleSettings) -> None:
+    if settings.temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {settings.temperature}")
+    if settings.top_p is not None and not 0 < settings.top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {settings.top_p}")
+
+
+def _sample_rows(logits, u, temperature, top_k, top_p):
+    """sample_next_token with the uniforms given: (B, V) logits, (B, 1) u in [0, 1)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = _probs(logits, temperature, top_k, top_p)
+    return _draw(probs, u)
+
+
+def _probs(logits, temperature, top_k, top_p):
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]           # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)                        # (B, V)
+        # drop a token once the mass before it already reaches top_p (the first always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return F.softmax(logits, dim=-1)                                      # (B, V)
+
+
+def _draw(probs, u):
+    """Inverse-CDF sampling, one uniform per row: torch.multinomial draws an exponential for
+    every vocabulary entry, which with 512 BPE tokens took ~10% of a decode step on a CPU."""
+    # flat across zero-probability tokens even where cumsum is a parallel scan (CUDA)
+    cdf = torch.where(probs > 0, probs.cumsum(-1), 0).cummax(-1).values      # (B, V)
+    # the first index whose cdf exceeds u has non-zero probability: masked tokens are never drawn
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
 def digit_seed(seed: int, digit: int) -> int:
@@ -142,32 +242,91 @@ def digit_seed(seed: int, digit: int) -> int:
     return seed * 100 + digit
 
 
+DEFAULT_ROWS = 1024      # rows per decode batch where the model carries no measured plan
+
+
+def batch_rows(model) -> tuple[int, bool]:
+    """(rows per decode batch, whether groups may share a batch) for this sampler: its measured
+    plan (packing.prepare_for_sampling attaches one), else DEFAULT_ROWS."""
+    plan = getattr(model, "decode_plan", None) or {}
+    return int(plan.get("rows", DEFAULT_ROWS)), bool(plan.get("row_invariant", True))
+
+
+def _batches(idx: list[int], sizes: list[int], rows: int, together: bool):
+    """Consecutive groups (their indices), whole, in batches of at most `rows` rows (a bigger
+    group alone); one group a batch where groups may not share one."""
+    batch, size = [], 0
+    for i, n in zip(idx, sizes):
+        if batch and (not together or size + n > rows):
+            yield batch
+            batch, size = [], 0
+        batch.append(i)
+        size += n
+    if batch:
+        yield batch
+
+
+def _run(model, groups, settings, device, grammar):
+    """generate_groups over batches sized by the sampler's plan, in the decode threads it
+    chose; prefixes of different lengths go in different batches."""
+    rows, together = batch_rows(model)
+    if settings.use_cache and not hasattr(type(model.new_cache(1)), "cat"):
+        together = False                  # a cache that cannot join others (the GRU's)
+    by_len: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_len.setdefault(len(g.prefix), []).append(i)
+    out = [None] * len(groups)
+    with decode_threads(model):
+        for idx in by_len.values():
+            for batch in _batches(idx, [groups[i].n for i in idx], rows, together):
+                toks = generate_groups(model, [groups[i] for i in batch], settings, device, grammar)
+                for i, t in zip(batch, toks):
+                    out[i] = t
+    return out
+
+
+class decode_threads:
+    """Run the block with the torch CPU threads the sampler's plan chose, then restore them."""
+
+    def __init__(self, model):
+        plan = getattr(model, "decode_plan", None) or {}
+        self.n = int(plan.get("threads") or 0)
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n and self.n != self.old:
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.n and self.n != self.old:
+            torch.set_num_threads(self.old)
+
+
 def sample_digits(model, digits: list[int], n: int, settings: SampleSettings, seed: int = 0,
                   device="cpu", grammar: tk.Grammar | None = None, on_step=None) -> dict[int, list[str]]:
     """n lines for each class digit -> {digit: lines}. The one entry point for unconditional
-    generation (CLI, evaluation, API, benchmarks): it owns the seed contract (digit_seed).
-    on_step(digit, t, tokens) is called after each position of each digit."""
-    out = {}
+    generation (CLI, evaluation, API, benchmarks): it owns the seed contract (digit_seed) and
+    decodes the digits together, in batches sized by the sampler's measured plan.
+    on_step(digit, t, tokens) is called after each position of each digit, with that digit's
+    (n, L) tokens."""
+    groups = []
     for d in digits:
-        gen = make_generator(digit_seed(seed, d), device)
         step = (lambda t, toks, d=d: on_step(d, t, toks)) if on_step else None
-        toks = generate(model, [d], n, gen, settings, device, step, grammar)
-        out[d] = tokens_to_lines(toks, grammar)
-    return out
+        groups.append(Group([d], n, make_generator(digit_seed(seed, d), device), step))
+    toks = _run(model, groups, settings, device, grammar)
+    return {d: tokens_to_lines(t, grammar) for d, t in zip(digits, toks)}
 
 
 def complete_prefixes(model, prefixes: list[list[int]], n: int, settings: SampleSettings,
                       seed: int = 0, device="cpu", grammar: tk.Grammar | None = None,
                       on_step=None) -> list[list[str]]:
     """n completions of each token prefix (class digit + given body tokens) -> lines per prefix;
-    prefix j samples from generator seed*100 + j."""
-    out = []
+    prefix j samples from generator seed*100 + j. Prefixes of the same length decode together."""
+    groups = []
     for j, prefix in enumerate(prefixes):
-        gen = make_generator(digit_seed(seed, j), device)
         step = (lambda t, toks, j=j: on_step(j, t, toks)) if on_step else None
-        out.append(tokens_to_lines(generate(model, prefix, n, gen, settings, device, step, grammar),
-                                   grammar))
-    return out
+        groups.append(Group(list(prefix), n, make_generator(digit_seed(seed, j), device), step))
+    return [tokens_to_lines(t, grammar) for t in _run(model, groups, settings, device, grammar)]
 
 
 def tokens_to_lines(tokens: torch.Tensor, grammar: tk.Grammar | None = None) -> list[str]:

@@ -44,9 +44,9 @@ CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src '
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 EPILOG = """examples:
-  mnisttext serve                                   # the shipped checkpoints, http://127.0.0.1:8000/
+  mnisttext serve                        # the shipped checkpoints on http://127.0.0.1:8000/
   mnisttext serve --port 8080 --checkpoint runs/x/best
-  mnisttext serve --port 0 --device cpu --dtype fp32   # any free port (printed)
+  mnisttext serve --port 0 --device cpu  # any free port (the URL is printed)
 """
 
 
@@ -64,10 +64,10 @@ class _Cancelled(Exception):
 
 def _fastapi():
     try:
-        import fastapi  # noqa: F401
-        import pydantic  # noqa: F401
-    except ImportError:
-        raise SystemExit(f"mnisttext serve: {INSTALL_HINT}") from None
+        import fastapi
+        import pydantic  # noqa: F401  (the request schemas)
+    except ImportError as e:
+        raise ImportError(f"{INSTALL_HINT} ({e})") from None
     return fastapi
 
 
@@ -85,7 +85,7 @@ class ModelWorker:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mnisttext-model")
 
     def submit(self, fn, /, **kwargs) -> tuple[asyncio.Future, int]:
-        """Queue fn(**kwargs) -> (awaitable result, calls ahead of it). 503 when the queue is full."""
+        """Queue fn(**kwargs) -> (awaitable result, calls ahead of it); a 503 if the queue is full."""
         with self._count:
             if self.pending >= self.max_queue:
                 raise ApiError(503, f"the server is busy ({self.pending} requests queued); "
@@ -167,7 +167,7 @@ def png_b64(levels: np.ndarray, scale: int = PNG_SCALE) -> str:
     from PIL import Image
     big = np.kron(np.asarray(levels, dtype=np.uint8) * 255, np.ones((scale, scale), np.uint8))
     buf = io.BytesIO()
-    Image.fromarray(big, mode="L").save(buf, format="PNG", optimize=True)
+    Image.fromarray(big).save(buf, format="PNG", optimize=True)        # uint8 2-D: mode L
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -181,7 +181,8 @@ def parse_line(line: str, field: str = "line") -> tuple[int, np.ndarray]:
 def parse_grid(grid, field: str, side: int, top: int) -> np.ndarray:
     """A list of `side` lists of `side` ints in 0..top -> (side, side) uint8, or a 422 for field."""
     if len(grid) != side or any(len(row) != side for row in grid):
-        shape = f"{len(grid)} rows of {sorted({len(r) for r in grid}) or [0]} pixels"
+        widths = sorted({len(r) for r in grid})
+        shape = f"{len(grid)} rows of {'/'.join(map(str, widths)) or 0} pixels"
         raise ApiError(422, f"{field}: expected {side} rows of {side} pixels, got {shape}", field)
     arr = np.asarray(grid, dtype=np.int64)
     if arr.min() < 0 or arr.max() > top:
@@ -193,8 +194,9 @@ def parse_grid(grid, field: str, side: int, top: int) -> np.ndarray:
 def image_of(body) -> tuple[int, np.ndarray, str]:
     """A body with exactly one of `line` or `levels` -> (label, levels, line)."""
     if (body.line is None) == (body.levels is None):
-        raise ApiError(422, "give exactly one of `line` (a text line) or `levels` (30x30 0/1)",
-                       "line" if body.line is None else "levels")
+        field = "line" if body.line is None else "levels"
+        raise ApiError(422, f"{field}: give exactly one of `line` (a text line) or `levels` "
+                            "(30x30 0/1)", field)
     if body.line is not None:
         label, levels = parse_line(body.line)
         label = label if body.label is None else body.label
@@ -244,14 +246,15 @@ def create_app(model, examples: list[str] | None = None, max_queue: int = 64,
         yield
         worker.shutdown()
 
-    app = fastapi.FastAPI(title="mnisttext", version="1", docs_url="/api/docs", redoc_url=None,
+    # no /docs: FastAPI's Swagger page loads its scripts from a CDN, and nothing here may
+    app = fastapi.FastAPI(title="mnisttext", version="1", docs_url=None, redoc_url=None,
                           openapi_url="/api/openapi.json", lifespan=lifespan)
     app.state.worker = worker
     app.state.model = model
     app.state.examples = examples
     app.state.max_candidates = min(max_candidates, int(getattr(model, "max_candidates", 256)))
     _add_error_handlers(app)
-    _add_middleware(app)
+    app.add_middleware(_Guard)
     _add_model_routes(app, worker, model)
     _add_codec_routes(app)
     _add_stream_routes(app, worker, model)
@@ -259,9 +262,11 @@ def create_app(model, examples: list[str] | None = None, max_queue: int = 64,
     return app
 
 
-def _error(status: int, message: str, field: str | None, headers=None):
+def _error(status: int, message: str, field: str | None, headers=None, **extra):
+    """The one error shape: {"error": message, "field": name or null, ...extra}."""
     from fastapi.responses import JSONResponse
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+    return JSONResponse({"error": message, "field": field, **extra}, status_code=status,
+                        headers=headers)
 
 
 def _add_error_handlers(app) -> None:
@@ -283,8 +288,7 @@ def _add_error_handlers(app) -> None:
                 field = "body"
             errors.append({"field": field, "message": f"{field}: {e.get('msg', 'invalid')}"})
         first = errors[0] if errors else {"field": "body", "message": "invalid request"}
-        return fastapi_json({"error": first["message"], "field": first["field"],
-                             "errors": errors}, 422)
+        return _error(422, first["message"], first["field"], errors=errors)
 
     @app.exception_handler(ValueError)
     async def refused(request, exc: ValueError):
@@ -295,6 +299,8 @@ def _add_error_handlers(app) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
+        if request.scope.get("mnisttext.too_large"):
+            return _error(413, f"body: at most {MAX_BODY} bytes", "body")
         return _error(exc.status_code, str(exc.detail), None)
 
     @app.exception_handler(Exception)
@@ -304,24 +310,45 @@ def _add_error_handlers(app) -> None:
         return _error(500, f"internal error: {type(exc).__name__}: {exc}", None)
 
 
-def fastapi_json(data, status: int = 200):
-    from fastapi.responses import JSONResponse
-    return JSONResponse(data, status_code=status)
+class _Guard:
+    """ASGI middleware: refuse bodies over MAX_BODY as they arrive (chunked ones too: a huge
+    upload must not take the memory), and add the security headers to every response."""
 
+    def __init__(self, app):
+        self.app = app
 
-def _add_middleware(app) -> None:
-    @app.middleware("http")
-    async def guard(request, call_next):
-        # Refuse huge bodies before parsing them: a JSON bomb must not take the memory.
-        size = request.headers.get("content-length")
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        size = dict(scope.get("headers", ())).get(b"content-length")
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-            return _error(413, f"body: at most {MAX_BODY} bytes", "body")
-        response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if request.url.path.startswith("/static/") or request.url.path == "/":
-            response.headers["Cache-Control"] = "no-cache"     # a restarted server's new page
-        return response
+            refusal = _error(413, f"body: at most {MAX_BODY} bytes", "body")
+            return await refusal(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                scope["mnisttext.too_large"] = True    # FastAPI rewraps this as a 400: http_error
+                raise ApiError(413, f"body: at most {MAX_BODY} bytes", "body")
+            return message
+
+        path = scope.get("path", "")
+        extra = [(b"content-security-policy", CSP.encode()),
+                 (b"x-content-type-options", b"nosniff")]
+        if path == "/" or path.startswith("/static/"):
+            extra.append((b"cache-control", b"no-cache"))      # a restarted server's new page
+
+        async def headed(message):
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k, v) for k, v in extra if k not in names]
+            await send(message)
+
+        await self.app(scope, counted, headed)
 
 
 def _check_generate(body, cap: int) -> None:
@@ -416,8 +443,9 @@ def _add_codec_routes(app) -> None:
     @app.post("/api/encode")
     async def encode(body: Encode):
         if (body.levels is None) == (body.image is None):
-            raise ApiError(422, "give exactly one of `levels` (30x30 0/1) or `image` "
-                                "(28x28 0..255)", "levels" if body.levels is None else "image")
+            field = "levels" if body.levels is None else "image"
+            raise ApiError(422, f"{field}: give exactly one of `levels` (30x30 0/1) or `image` "
+                                "(28x28 0..255)", field)
         if body.levels is not None:
             levels = parse_grid(body.levels, "levels", codec.SIDE, 1)
             line = codec.encode_levels(levels[None], [body.label])[0]
@@ -471,7 +499,8 @@ def _stream(request, worker: ModelWorker, fn, kwargs: dict, start: dict, to_json
             yield _sse("start", {**start, "ahead": ahead})
             while (step := await steps.get()) is not None:
                 done, bodies = step
-                yield _sse("rows", {"from": sent, "to": done, "chunks": [b[sent:done] for b in bodies]})
+                chunks = [b[sent:done] for b in bodies]
+                yield _sse("rows", {"from": sent, "to": done, "chunks": chunks})
                 sent = done
                 if await request.is_disconnected():
                     return
@@ -493,13 +522,20 @@ def _stream(request, worker: ModelWorker, fn, kwargs: dict, start: dict, to_json
 # command line
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the examples epilog printed as written."""
+    """Defaults in the help (not "None": those helps say what None means), and the examples
+    epilog printed as written."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The `mnisttext serve` flags (the CLI makes the sub-parser and calls run(args))."""
-    parser.formatter_class = _Formatter
-    parser.epilog = EPILOG
+    """The `mnisttext serve` flags (the CLI makes the sub-parser and calls run(args)). The
+    examples epilog and formatter are set only where the caller's parser has none."""
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = _Formatter
+    if not parser.epilog:
+        parser.epilog = EPILOG
     if not parser.description:
         parser.description = ("Serve the local web page and JSON API: generate digits live, "
                               "draw half a digit and see it completed.")
@@ -537,8 +573,8 @@ def url_of(sock: socket.socket) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, bind, print the URL and serve until Ctrl-C. Returns the exit status."""
-    _fastapi()
     try:
+        _fastapi()
         import uvicorn
     except ImportError:
         print(f"mnisttext serve: {INSTALL_HINT}", file=sys.stderr)

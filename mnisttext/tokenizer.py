@@ -49,7 +49,7 @@ def train_bpe(lines: list[str], vocab_size: int = 512) -> Tokenizer:
     """BPE over the image bodies: the character vocabulary (same ids) plus learned symbol runs.
 
     Merges never cross the class digit or ')': the pre-tokenizer isolates the body."""
-    from tokenizers import trainers
+    from tokenizers import trainers     # only BPE training needs the trainers
     if vocab_size <= VOCAB_SIZE:
         raise ValueError(f"BPE vocab size must exceed the {VOCAB_SIZE} character tokens, got {vocab_size}")
     learner = Tokenizer(models.BPE())
@@ -102,19 +102,49 @@ class Grammar:
 
 
 def load(path) -> Tokenizer:
+    """tokenizer.json -> a Tokenizer, checked (see check): a ValueError names the file."""
     path = Path(path)
     try:
-        return Tokenizer.from_file(str(path))
+        tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on a bad file
         raise ValueError(f"{path}: not a tokenizer.json ({e})") from None
+    return check(tok, str(path))
 
 
 def from_json(text: str, source: str = "tokenizer.json") -> Tokenizer:
-    """A tokenizer from tokenizer.json's text (e.g. sent by rank 0 of a DDP run)."""
+    """A tokenizer from tokenizer.json's text (e.g. sent by rank 0 of a DDP run), checked."""
     try:
-        return Tokenizer.from_str(text)
+        tok = Tokenizer.from_str(text)
     except Exception as e:
         raise ValueError(f"{source}: not a tokenizer.json ({e})") from None
+    return check(tok, source)
+
+
+PROBE = "5" + (codec.SYMBOLS * 3)[:codec.n_symbols(1)] + codec.END     # every symbol, in a line
+
+
+def check(tok: Tokenizer, source: str = "tokenizer.json") -> Tokenizer:
+    """The tokenizer is one of ours, or a ValueError saying how it is not: ids 0..75 are the
+    character vocabulary above (the model and the sampler rely on them), every other token is a
+    run of symbols, and a line encodes to its digit, tokens that spell its symbols, and ')'.
+    A tokenizer that passes cannot make the sampler loop or index out of range."""
+    vocab = tok.get_vocab()
+    if sorted(vocab.values()) != list(range(len(vocab))):
+        raise ValueError(f"{source}: token ids are not 0..{len(vocab) - 1} without gaps")
+    pieces = {i: p for p, i in vocab.items()}
+    for i, want in enumerate(VOCAB):
+        if pieces.get(i) != want:
+            raise ValueError(f"{source}: token {i} is {pieces.get(i)!r}, the character "
+                             f"vocabulary has {want!r} there: not a tokenizer of this format")
+    bad = next((i for i in range(VOCAB_SIZE, len(vocab))
+                if not pieces[i] or not set(pieces[i]) <= codec.SYMBOL_SET), None)
+    if bad is not None:
+        raise ValueError(f"{source}: token {bad} ({pieces[bad]!r}) is not a run of symbols")
+    ids = tok.encode(PROBE, add_special_tokens=False).ids
+    if not ids or ids[0] != 5 or ids[-1] != END_ID or "".join(pieces[i] for i in ids) != PROBE:
+        raise ValueError(f"{source}: does not encode a line as its characters (its "
+                         f"normalizer or pre-tokenizer is not this format's)")
+    return tok
 
 
 def is_character_tokenizer(tok: Tokenizer) -> bool:

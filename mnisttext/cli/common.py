@@ -1,10 +1,13 @@
-"""What the commands share: flag types that check their values, errors, output folders.
+"""What the commands share: flag types that check their values, errors, output paths.
 
     p.add_argument("--candidates", type=int_range(1, 1024), default=64)
     raise UsageError("--keep must be ...")          # one line on stderr, exit status 2
+    out = writable_file(args.out, "--out", "lines")  # checked before any work is done
 
 Flag values are checked when parsed (argparse prints `error: argument --x: ...` and exits 2),
-so a bad value never reaches the model.
+so a bad value never reaches the model. Output paths are checked before the work starts, and
+never overwrite what the user made: a corpus folder, a shipped checkpoint, or an existing file
+that is not of the kind the command writes (a file of lines, a picture) is refused.
 """
 from __future__ import annotations
 
@@ -12,10 +15,29 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
+from .. import codec, data, paths
+from ..codec import CodecError
+from ..data import DataError
+from ..progress import error as rich_error
+
 EXIT_BAD_INPUT = 2
+EXIT_BUG = 1
 OUTPUTS = Path("outputs")       # default home of generated files, relative to the current folder
+MAX_INT = 2 ** 63 - 1
+MAX_SEED = 10 ** 15             # digit d samples from seed*100 + d: still a 64-bit seed
+TEMPERATURE = (1e-3, 100.0)     # outside, float32 logits / T overflow (NaN) or flatten to noise
+MIN_TOP_P = 1e-6                # below, top_p rounds to 0 in float32 and masks every token
+IMAGE_SUFFIXES = (".png", ".gif", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_MAGIC = (b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+
+
+# The modules that hold the rest of the user-error types import torch; `decode` and `export` run
+# without it (a third of the memory), and an exception of a module never imported cannot occur.
+TORCH_ERRORS = (("mnisttext.checkpoint", "CheckpointError"), ("mnisttext.model", "ConfigError"),
+                ("mnisttext.runtime", "DeviceError"), ("mnisttext.sample", "SamplingError"))
 
 
 class UsageError(Exception):
@@ -24,18 +46,21 @@ class UsageError(Exception):
 
 def user_errors() -> tuple:
     """The exception types that mean 'the input is bad', not 'the program is broken'."""
-    from ..checkpoint import CheckpointError
-    from ..codec import CodecError
-    from ..data import DataError
-    from ..model import ConfigError
-    from ..runtime import DeviceError
-    from ..sample import SamplingError
-    return (UsageError, CodecError, DataError, CheckpointError, ConfigError, DeviceError,
-            SamplingError, OSError, ValueError, MemoryError)
+    loaded = tuple(getattr(sys.modules[m], n) for m, n in TORCH_ERRORS if m in sys.modules)
+    return (UsageError, CodecError, DataError, OSError, ValueError, MemoryError) + loaded
+
+
+def describe(e: BaseException) -> str:
+    """One line for a user error: an OSError names its file, a MemoryError says so."""
+    if isinstance(e, MemoryError):
+        return "out of memory (ask for less: fewer candidates, lines or a smaller --scale)"
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    return str(e) or type(e).__name__
 
 
 def error(msg: str) -> None:
-    from ..progress import error as rich_error
     rich_error(" ".join(str(msg).split()))          # one line, whatever the message held
 
 
@@ -58,13 +83,19 @@ def command(sub, name: str, help: str, examples: list[str], description: str | N
                           formatter_class=Formatter)
 
 
+# ---------------------------------------------------------------------------------------------
+# flag types: each raises ArgumentTypeError, which argparse prints as one line, exit 2
+
 def int_range(lo: int, hi: int | None = None):
+    """An integer in lo..hi (hi None: up to 2**63 - 1, what a C long holds)."""
+    top = MAX_INT if hi is None else hi
+
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if v < lo or (hi is not None and v > hi):
+        if v < lo or v > top:
             raise argparse.ArgumentTypeError(f"{v} is out of range ({lo}..{hi if hi is not None else ''})")
         return v
     parse.__name__ = "integer"
@@ -87,8 +118,45 @@ def float_range(lo: float, hi: float | None = None, lo_open: bool = False):
     return parse
 
 
+def temperature(text: str) -> float:
+    """0 (greedy) or a number in [0.001, 100]."""
+    v = float_range(0.0)(text)
+    if v and not TEMPERATURE[0] <= v <= TEMPERATURE[1]:
+        raise argparse.ArgumentTypeError(f"{v:g}: use 0 (greedy) or a value in "
+                                         f"[{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}]")
+    return v
+
+
+def positive_temperature(text: str) -> float:
+    """A number in [0.001, 100] (the reranker's: 0 would divide by zero)."""
+    v = float_range(0.0)(text)
+    if not TEMPERATURE[0] <= v <= TEMPERATURE[1]:
+        raise argparse.ArgumentTypeError(f"{v:g} is out of range [{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}]")
+    return v
+
+
+def top_p(text: str) -> float:
+    v = float_range(0.0, 1.0, lo_open=True)(text)
+    if v < MIN_TOP_P:
+        raise argparse.ArgumentTypeError(f"{v:g} is out of range [{MIN_TOP_P:g}, 1]")
+    return v
+
+
+seed = int_range(0, MAX_SEED)
+seed.__name__ = "seed"
+
+
+def path_arg(text: str) -> str:
+    """A path: not empty, no NUL byte (the OS would refuse it later, less clearly)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: a path cannot hold a NUL character")
+    return text
+
+
 def device_arg(text: str) -> str:
-    from ..runtime import DeviceError, resolve_device
+    from ..runtime import DeviceError, resolve_device     # torch: only commands with --device
     try:
         resolve_device(text)
     except DeviceError as e:
@@ -123,27 +191,132 @@ def stdout_is_pipe() -> bool:
     return not sys.stdout.isatty()
 
 
+def deliver_lines(lines: list[str]) -> None:
+    """Lines to stdout: the result of a run whose output file could not be written."""
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# output paths: checked (and their folders made) before the work, never a user's data
+
+def holds_corpus(folder: Path) -> bool:
+    return (Path(folder) / data.SUMS_FILE).is_file()
+
+
 def writable_dir(path, flag: str) -> Path:
-    """Create the folder `path` (for flag `flag`), or raise a UsageError that says why not."""
-    from ..paths import is_shipped
+    """Create the folder `path` (for flag `flag`), or raise a UsageError that says why not.
+
+    Refused: a shipped checkpoint folder, a corpus folder, a file, a folder that cannot be
+    written (a file is created and removed there to find out: root ignores permission bits,
+    not read-only or full file systems)."""
     path = Path(path)
-    if is_shipped(path):
+    if paths.is_shipped(path):
         raise UsageError(f"{flag} {path}: that is a shipped checkpoint folder; choose another")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path}: exists and is not a folder")
+    if holds_corpus(path):
+        raise UsageError(f"{flag} {path}: that folder holds a corpus ({data.SUMS_FILE}); "
+                         f"choose another, the corpus is not an output folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix=".mnisttext-probe"):
+            pass
     except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot create it ({e.strerror or e})") from None
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"{flag} {path}: not writable")
+        raise UsageError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
     return path
 
 
-def writable_file(path, flag: str) -> Path:
-    """The folder of file `path` is created and writable, `path` is not a folder."""
+def writable_file(path, flag: str, kind: str = "lines") -> Path:
+    """The file `path` can be written, its folder is made, and if it exists it holds what this
+    command writes (kind "lines": lines of the format; "image": a picture), so replacing it
+    loses nothing the user made. Special files (/dev/null, /dev/stdout) are fine."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{flag} {path}: is a folder, expected a file name")
+    if kind == "image" and path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UsageError(f"{flag} {path}: expected a picture file name ending in "
+                         f"{', '.join(IMAGE_SUFFIXES[:3])}, ...")
+    if path.exists() and not path.is_file():      # /dev/null, /dev/stdout, a pipe: as they are
+        return path
     writable_dir(path.parent if str(path.parent) else Path("."), flag)
+    if path.is_file() and not _holds_kind(path, kind):
+        what = "lines of the format" if kind == "lines" else "a picture"
+        raise UsageError(f"{flag} {path}: exists and does not hold {what}; not overwriting it "
+                         f"(choose another name, or delete it first)")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write it ({e.strerror or e})") from None
+    if not existed:
+        path.unlink()
     return path
+
+
+def _holds_kind(path: Path, kind: str) -> bool:
+    """Whether the existing file `path` is empty or starts like what `kind` outputs are."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            more = bool(f.read(1))
+    except OSError:
+        return False
+    if not head:
+        return True
+    if kind == "image":
+        return head.startswith(IMAGE_MAGIC)
+    lines = head.split(b"\n")
+    lines = lines[:-1] if more or not lines[-1] else lines      # a cut or empty last piece
+    return bool(lines) and all(_is_format_line(l.rstrip(b"\r")) for l in lines)
+
+
+def _is_format_line(raw: bytes) -> bool:
+    try:
+        text = raw.decode("ascii")
+        codec.check_line(text, codec.bpp_of_length(len(text)))
+    except (UnicodeDecodeError, CodecError):
+        return False
+    return True
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write a regular file beside and rename it into place (a full disk leaves the old file,
+    not half of a new one); a special file (/dev/stdout) is written as it is."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        path.write_bytes(payload)
+        return
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# models: loaded with every check before the work starts
+
+def check_finite(module, source) -> None:
+    """A UsageError naming the first weight that holds NaN or inf (a diverged or corrupt
+    checkpoint): said when it is loaded, not as broken samples minutes later."""
+    import torch              # only the model commands come here; decode and export run without
+    for name, t in module.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UsageError(f"{source}: weight {name} holds NaN or infinite values (a diverged "
+                             f"or corrupt checkpoint)")
+
+
+def load_model(checkpoint=None, classifier=None, device="auto", dtype="auto"):
+    """api.Model, with its character model's and reranker's weights checked finite."""
+    from ..api import Model   # torch: only the model commands come here
+    model = Model(checkpoint, classifier, device, dtype)
+    check_finite(model.net, model.checkpoint_dir / "model.safetensors")
+    check_finite(model.reranker, Path(classifier or paths.shipped("classifier")) / "model.safetensors")
+    return model

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import sys
 
+from .. import checkpoint, codec
 from ..evaluate import Evaluation
 from ..paths import shipped
 from ..progress import bar, console, table
 from ..runtime import resolve_device
-from .common import UsageError, command, device_arg, error, int_range, user_errors
+from .common import (UsageError, check_finite, command, device_arg, error, int_range, path_arg,
+                     seed, user_errors)
 
 PERCENT = "%"
 ROWS = [   # (label, key, unit)
@@ -45,21 +47,23 @@ def register(sub) -> None:
         "mnisttext eval",
         "mnisttext eval --checkpoint runs/x/best --test-images 2000 --samples-per-class 20",
         "mnisttext eval --compare checkpoints/gpt runs/x/best --names shipped,mine"])
-    v.add_argument("--checkpoint", default=None, help="character model folder (default: the shipped one)")
-    v.add_argument("--compare", nargs="+", help="evaluate several checkpoints side by side")
+    v.add_argument("--checkpoint", type=path_arg, default=None,
+                   help="character model folder (default: the shipped one)")
+    v.add_argument("--compare", nargs="+", type=path_arg, help="evaluate several checkpoints side by side")
     v.add_argument("--names", default=None, help="comma-separated column names for --compare")
-    v.add_argument("--corpus", default="corpus", help="folder with train.txt and test.txt")
+    v.add_argument("--corpus", type=path_arg, default="corpus", help="folder with train.txt and test.txt")
     v.add_argument("--corpora", default=None,
                    help="comma-separated corpus per --compare checkpoint (e.g. a 4-bit one)")
-    v.add_argument("--classifier", default=None, help="the reranker (default: the shipped one)")
-    v.add_argument("--eval-classifier", default=None,
+    v.add_argument("--classifier", type=path_arg, default=None,
+                   help="the reranker (default: the shipped one)")
+    v.add_argument("--eval-classifier", type=path_arg, default=None,
                    help="the independent classifier that grades samples (default: the shipped one)")
     v.add_argument("--test-images", type=int_range(1), default=None,
                    help="test lines for the NLL (default: the whole test split)")
     v.add_argument("--gen-class-images", type=int_range(1), default=1000,
                    help="test lines for generative classification (10 passes each)")
     v.add_argument("--samples-per-class", type=int_range(2), default=100, help="raw samples per digit")
-    v.add_argument("--seed", type=int, default=0, help="sampling seed")
+    v.add_argument("--seed", type=seed, default=0, help="sampling seed")
     v.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto")
     v.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="model dtype")
     v.add_argument("--json", action="store_true", help="one JSON object on stdout instead of a table")
@@ -67,13 +71,7 @@ def register(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    checkpoints = args.compare or [args.checkpoint or str(shipped("gpt"))]
-    names = args.names.split(",") if args.names else [str(c) for c in checkpoints]
-    if len(names) != len(checkpoints):
-        raise UsageError(f"--names has {len(names)} entries for {len(checkpoints)} checkpoints")
-    corpora = args.corpora.split(",") if args.corpora else [args.corpus] * len(checkpoints)
-    if len(corpora) != len(checkpoints):
-        raise UsageError(f"--corpora has {len(corpora)} entries for {len(checkpoints)} checkpoints")
+    checkpoints, names, corpora = _plan(args)
     with bar() as prog:
         tasks = {}
 
@@ -86,6 +84,8 @@ def cmd_eval(args) -> int:
                              args.dtype, args.test_images, args.gen_class_images,
                              args.samples_per_class, seed=args.seed, progress=progress)
                for c in dict.fromkeys(corpora)}       # everything loaded before the long work
+        for ck, corpus in zip(checkpoints, corpora):     # and every checkpoint checked
+            _precheck(ck, corpus, evs[corpus])
         results, failed = [], 0
         for ck, name, corpus in zip(checkpoints, names, corpora):
             tasks.clear()
@@ -98,6 +98,45 @@ def cmd_eval(args) -> int:
                 failed += 1
     _print(args, names, results)
     return 2 if failed else 0
+
+
+def _plan(args) -> tuple[list[str], list[str], list[str]]:
+    """(checkpoints, column names, corpora), checked against each other."""
+    if args.compare and args.checkpoint:
+        raise UsageError("--checkpoint and --compare: give one (--compare takes every checkpoint)")
+    checkpoints = args.compare or [args.checkpoint or str(shipped("gpt"))]
+    names = args.names.split(",") if args.names else _default_names(checkpoints)
+    if len(names) != len(checkpoints):
+        raise UsageError(f"--names has {len(names)} entries for {len(checkpoints)} checkpoints")
+    corpora = args.corpora.split(",") if args.corpora else [args.corpus] * len(checkpoints)
+    if len(corpora) != len(checkpoints):
+        raise UsageError(f"--corpora has {len(corpora)} entries for {len(checkpoints)} checkpoints")
+    if len(set(names)) != len(names) or not all(n.strip() for n in names):
+        raise UsageError(f"--names {args.names}: every column needs a name of its own")
+    return checkpoints, names, corpora
+
+
+def _default_names(checkpoints) -> list[str]:
+    """The checkpoints' paths, a repeated one numbered (its columns would collide in --json)."""
+    names = []
+    for c in checkpoints:
+        n, k = str(c), 2
+        while n in names:
+            n, k = f"{c} ({k})", k + 1
+        names.append(n)
+    return names
+
+
+def _precheck(ck, corpus, ev) -> None:
+    """Load the checkpoint once before any work: its config, tokenizer, finite weights, and its
+    line length against the corpus, so a bad one is said in a second, not after the others."""
+    model, config, _ = checkpoint.load_model(ck, "cpu")
+    check_finite(model, checkpoint.resolve(ck) / "model.safetensors")
+    want = codec.line_length(codec.bpp_of_length(config.block_size))
+    have = len(ev.test_lines[0])
+    if want != have:
+        raise UsageError(f"{ck}: reads lines of {want} characters, {corpus}/test.txt has lines "
+                         f"of {have}; pass the matching --corpus (or --corpora)")
 
 
 def _fmt(v, unit):

@@ -1,0 +1,266 @@
+"""Model ablations at a fixed CPU budget: the flagship recipe beside each candidate change.
+
+    taskset -c 1 python benchmarks/ablate.py                 # the whole batch, in order (resumable)
+    taskset -c 1 python benchmarks/ablate.py --only canon6   # one run
+    python benchmarks/ablate.py --list                       # the runs and which are done
+    python benchmarks/ablate.py --report                     # table + plot from the results so far
+
+Every run trains the flagship recipe (6x256 GPT, 4 heads, AdamW 2e-3, batch 32, 200 warmup
+steps, cosine to 5%) with one change, for the same budget (--minutes, default 20) of **process
+CPU time** on one thread, with the same seed (1337: the same data order), and is evaluated on
+the full test split (10,000 lines) at the end; every --eval-every CPU seconds on the first 1,000
+test lines for the curve. Evaluation is off the clock.
+
+Runs go in the order of RUNS (the most informative first). A run whose result file exists is
+skipped; a run that was killed is continued (`--resume`, the trainer's own resume, which keeps
+the data order and schedule). Each run writes:
+  runs/ablate/NAME/                       the training run (checkpoints, metrics.jsonl)
+  benchmarks/results/ablate/NAME.json     its result (small, committed)
+and after each run the table in docs/ablations.md (between the markers) and
+docs/img/ablations.png are rewritten from all results so far.
+
+The trainer is a frozen copy: at the first start the committed package (git HEAD) is copied to
+runs/ablate/code/ with the working tree's model.py (the options under test), so every run of a
+batch trains with the same trainer, however the working tree changes meanwhile. --refresh-code
+takes a new copy. The committed trainer (c4666dc) counts wall-clock; the copy runs it with
+time.process_time as its clock (what `train --clock cpu` does in the new trainer).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "ablate"
+DOC = ROOT / "docs" / "ablations.md"
+PLOT = ROOT / "docs" / "img" / "ablations.png"
+BEGIN, END = "<!-- ablate:table:begin -->", "<!-- ablate:table:end -->"
+
+# name, what it tests, GPTConfig fields, extra trainer flags. Most informative first.
+RUNS = [
+    ("baseline", "the flagship recipe as shipped (learned positions, GELU, 6x256, 4 heads)", {}, []),
+    ("combo", "canon6 + rope1d + qk_norm + relu2 + zero_init together",
+     dict(conv_kernel=6, rope="1d", qk_norm=True, act="relu2", zero_init_proj=True), []),
+    ("canon6", "canon layers: causal depthwise conv, kernel 6 (reaches the symbol above), "
+               "before attention and MLP", dict(conv_kernel=6), []),
+    ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),
+    ("relu2", "ReLU squared in the MLP instead of GELU", dict(act="relu2"), []),
+    ("qk_norm", "RMSNorm with a learned gain on queries and keys", dict(qk_norm=True), []),
+    ("zero_init", "attention and MLP output projections start at zero", dict(zero_init_proj=True), []),
+    ("canon6_a", "canon layer before attention only (half the cost of canon6)",
+     dict(conv_kernel=6, conv_at="a"), []),
+    ("rope2d", "rotary q/k by (pixel row, column) of the symbol", dict(rope="2d"), []),
+    ("gqa1", "one key/value head for the 4 query heads (cheaper decoding)", dict(n_kv_head=1), []),
+    ("bit_embed", "embedding of each symbol's 6 pixel bits added (an existing option)",
+     dict(bit_embed=True), []),
+]
+
+
+def child_code() -> str:
+    """What each run executes (in a fresh process, from the frozen copy)."""
+    return r'''
+import argparse, json, sys, time, types
+from pathlib import Path
+from mnisttext import train, checkpoint, packing
+import torch
+spec = json.loads(sys.argv[1])
+assert Path(train.__file__).resolve().parents[1] == Path(spec["code"]).resolve(), train.__file__
+# the budget in this process's CPU time: the trainer's only clock is time.perf_counter
+train.time = types.SimpleNamespace(perf_counter=time.process_time, strftime=time.strftime,
+                                   time=time.time)
+options = spec["options"]
+train.MODEL_FLAGS = tuple(train.MODEL_FLAGS) + tuple(k for k in options if k not in train.MODEL_FLAGS)
+p = train.add_args(argparse.ArgumentParser())
+cfg = train.resolve_args(p.parse_args(spec["argv"]))
+cfg.update(options)
+cfg["clock"] = "cpu (time.process_time)"
+result = train.train(cfg)
+model, config, tok = checkpoint.load_model(Path(spec["out"]) / "last")
+result["params"] = model.num_params()
+result["config"] = config.to_dict()
+# decode cost: 64 candidates, one token at a time over a whole line, as the sampler runs it
+fast = packing.prepare_for_sampling(model, "auto")
+times = []
+with torch.inference_mode():
+    for rep in range(3):
+        g = torch.Generator().manual_seed(rep)
+        t0 = time.process_time()
+        cache = fast.new_cache(1)
+        logits = fast(torch.tensor([[3]]), kv_cache=cache)[0][:, -1]
+        cache = cache.expand(64)
+        tok_ = torch.randint(10, 74, (64,), generator=g)
+        for t in range(1, 151):
+            logits = fast(tok_[:, None], kv_cache=cache)[0][:, -1]
+            tok_ = torch.randint(10, 74, (64,), generator=g)
+        times.append(time.process_time() - t0)
+result["decode_cpu_s_64x150"] = min(times)
+result["decode_cpu_s_all"] = times
+Path(spec["result"]).write_text(json.dumps(result))
+'''
+
+
+def snapshot(code: Path, refresh: bool) -> None:
+    """git HEAD's package + the working tree's model.py, once per batch."""
+    pkg = code / "mnisttext"
+    if pkg.exists() and not refresh:
+        return
+    if code.exists():
+        shutil.rmtree(code)
+    code.mkdir(parents=True)
+    head = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+    tar = subprocess.check_output(["git", "archive", "HEAD", "mnisttext"], cwd=ROOT)
+    subprocess.run(["tar", "-x", "-C", str(code)], input=tar, check=True)
+    shutil.copy(ROOT / "mnisttext" / "model.py", pkg / "model.py")
+    (code / "SOURCE").write_text(f"git {head} + working-tree mnisttext/model.py, "
+                                 f"copied {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+
+
+def run_one(name: str, desc: str, options: dict, extra: list[str], a) -> bool:
+    out = Path(a.out) / name
+    tmp = out / "result.tmp.json"
+    argv = ["--recipe", "flagship", "--out", str(out), "--resume", "--minutes", str(a.minutes),
+            "--threads", "1", "--seed", str(a.seed), "--eval-every", str(a.eval_every),
+            "--eval-images", str(a.eval_images), "--log-every", "20", "--save-every", "60",
+            "--corpus", a.corpus] + extra
+    spec = dict(argv=argv, options=options, out=str(out), result=str(tmp),
+                code=str(Path(a.out).resolve() / "code"))
+    env = dict(os.environ, PYTHONPATH=str(Path(a.out).resolve() / "code"), OMP_NUM_THREADS="1")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {desc}", flush=True)
+    if tmp.exists():      # the run finished, its record was not written (the batch was stopped)
+        rc = 0
+    else:
+        rc = subprocess.run([sys.executable, "-P", "-c", child_code(), json.dumps(spec)], cwd=ROOT,
+                            env=env).returncode
+    if rc != 0 or not tmp.exists():
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: FAILED (exit status {rc})", flush=True)
+        return False
+    r = json.loads(tmp.read_text())
+    curve = []
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "test_nll_subset" in rec:
+            curve.append([rec["train_seconds"], rec["test_nll_subset"]])
+    rec = {"name": name, "description": desc, "options": options, "extra_flags": extra,
+           "recipe": "flagship", "budget_cpu_minutes": a.minutes, "seed": a.seed,
+           "clock": "process CPU time, 1 thread", "test_nll_nats": r["test_nll_nats"],
+           "test_bits_per_pixel": r["test_bits_per_pixel"], "eval_images": r["eval_images"],
+           "steps": r["step"], "tokens": r["tokens"], "train_cpu_seconds": r["train_seconds"],
+           "params": r["params"], "config": r["config"],
+           "decode_cpu_s_64x150": r["decode_cpu_s_64x150"], "decode_cpu_s_all": r["decode_cpu_s_all"],
+           "curve_subset": {"eval_images": a.eval_images, "points": curve},
+           "wall_seconds": round(time.time() - t0, 1),
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+           "code": (Path(a.out) / "code" / "SOURCE").read_text().strip()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {r['test_nll_nats']:.2f} nats/image, "
+          f"{r['step']} steps", flush=True)
+    return True
+
+
+def load_results() -> dict:
+    order = [n for n, *_ in RUNS]
+    res = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json")}
+    return dict(sorted(res.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
+
+
+def report() -> None:
+    res = load_results()
+    if not res:
+        print("no results yet")
+        return
+    base = res.get("baseline")
+    rows = ["| run | change | test NLL, nats/image (10,000 lines) | vs baseline | steps | "
+            "tokens/CPU-s | decode CPU per token vs baseline |", "|---|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        d = f"{r['test_nll_nats'] - base['test_nll_nats']:+.2f}" if base and name != "baseline" else ""
+        dec = f"{r['decode_cpu_s_64x150'] / base['decode_cpu_s_64x150']:.2f}x" if base else ""
+        rows.append(f"| {name} | {r['description']} | {r['test_nll_nats']:.2f} | {d} | {r['steps']} | "
+                    f"{r['tokens'] / r['train_cpu_seconds']:,.0f} | {dec} |")
+    table = "\n".join(rows)
+    print(table)
+    if DOC.exists():
+        text = DOC.read_text()
+        if BEGIN in text and END in text:
+            a, b = text.index(BEGIN) + len(BEGIN), text.index(END)
+            DOC.write_text(text[:a] + "\n" + table + "\n" + text[b:])
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name, r in res.items():
+            pts = r["curve_subset"]["points"]
+            line, = ax.plot([s / 60 for s, _ in pts], [v for _, v in pts], marker=".",
+                            lw=2.5 if name == "baseline" else 1.2, label=f"{name} ({r['test_nll_nats']:.1f})",
+                            color="black" if name == "baseline" else None)
+            ax.plot([r["train_cpu_seconds"] / 60], [r["test_nll_nats"]], marker="*", ms=10,
+                    color=line.get_color())
+        ax.set_xlabel("training CPU minutes (one thread)")
+        ax.set_ylabel("test NLL, nats/image")
+        ax.set_title("flagship recipe, one change each (curve: first 1,000 test lines; star: all 10,000)",
+                     fontsize=9)
+        lo = min(r["test_nll_nats"] for r in res.values())
+        ax.set_ylim(lo - 3, lo + 40)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        PLOT.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(PLOT, dpi=110, bbox_inches="tight")
+    except Exception as e:       # a missing plot must not stop the batch
+        print(f"plot skipped: {e}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--minutes", type=float, default=20.0, help="CPU-minute budget per run")
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--eval-every", type=float, default=150.0, help="CPU seconds between curve points")
+    ap.add_argument("--eval-images", type=int, default=1000)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "ablate"))
+    ap.add_argument("--corpus", default="corpus", help="train.txt and test.txt (smoke tests: a smaller one)")
+    ap.add_argument("--results", help="result JSONs (default benchmarks/results/ablate; smoke tests: elsewhere)")
+    ap.add_argument("--only", help="comma-separated run names")
+    ap.add_argument("--list", action="store_true", help="list the runs and which are done")
+    ap.add_argument("--report", action="store_true", help="only rewrite the table and plot")
+    ap.add_argument("--refresh-code", action="store_true", help="copy the trainer again")
+    ap.add_argument("--after-pid", type=int, help="wait for this process (a run of a stopped batch) to end")
+    a = ap.parse_args()
+    if a.results:
+        global RESULTS, DOC, PLOT
+        RESULTS = Path(a.results)
+        DOC, PLOT = RESULTS / "ablations.md", RESULTS / "ablations.png"
+    done = set(load_results())
+    if a.list:
+        for name, desc, opts, extra in RUNS:
+            print(f"{'done' if name in done else '    '}  {name:<10} {opts} {extra}  {desc}")
+        return
+    if a.report:
+        report()
+        return
+    names = a.only.split(",") if a.only else [n for n, *_ in RUNS]
+    unknown = set(names) - {n for n, *_ in RUNS}
+    if unknown:
+        sys.exit(f"unknown runs: {sorted(unknown)}")
+    while a.after_pid and Path(f"/proc/{a.after_pid}").exists():
+        time.sleep(10)
+    snapshot(Path(a.out) / "code", a.refresh_code)
+    print(f"trainer: {(Path(a.out) / 'code' / 'SOURCE').read_text().strip()}", flush=True)
+    for name, desc, opts, extra in RUNS:
+        if name not in names or name in done:
+            continue
+        if not run_one(name, desc, opts, extra, a):
+            print(f"{name}: retrying once (resume)", flush=True)
+            run_one(name, desc, opts, extra, a)
+        report()
+
+
+if __name__ == "__main__":
+    main()
