@@ -40,23 +40,43 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ablate"
 DOC = ROOT / "docs" / "ablations.md"
 PLOT = ROOT / "docs" / "img" / "ablations.png"
+NOISE = 0.5      # nats: a smaller difference from the baseline is not counted as a gain or a loss
 BEGIN, END = "<!-- ablate:table:begin -->", "<!-- ablate:table:end -->"
 
-# name, what it tests, GPTConfig fields, extra trainer flags. Most informative first.
+# name, what it tests, GPTConfig fields, extra trainer flags. Most informative first. The batch
+# reads this list again before each run, so runs added or moved here while it runs are taken up.
+COMBO = dict(conv_kernel=6, rope="1d", qk_norm=True, act="relu2", zero_init_proj=True)
+
+
+def without(key):
+    return {k: v for k, v in COMBO.items() if k != key}
+
+
 RUNS = [
     ("baseline", "the flagship recipe as shipped (learned positions, GELU, 6x256, 4 heads)", {}, []),
-    ("combo", "canon6 + rope1d + qk_norm + relu2 + zero_init together",
-     dict(conv_kernel=6, rope="1d", qk_norm=True, act="relu2", zero_init_proj=True), []),
+    ("combo", "canon6 + rope1d + qk_norm + relu2 + zero_init together", COMBO, []),
     ("canon6", "canon layers: causal depthwise conv, kernel 6 (reaches the symbol above), "
                "before attention and MLP", dict(conv_kernel=6), []),
+    # leave-one-out from the combination: what each part adds there
+    ("combo_no_canon", "the combination without canon layers", without("conv_kernel"), []),
+    ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
+     without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),
+    ("combo_no_qk", "the combination without qk_norm (its cost: ~10% of a step)", without("qk_norm"), []),
+    ("baseline_seed2", "the baseline with seed 2 (other init and data order): the noise of one run",
+     {}, ["--seed", "2"]),
+    ("combo_no_rope", "the combination without rope", without("rope"), []),
+    ("combo_no_zero", "the combination without zero_init", without("zero_init_proj"), []),
     ("relu2", "ReLU squared in the MLP instead of GELU", dict(act="relu2"), []),
     ("qk_norm", "RMSNorm with a learned gain on queries and keys", dict(qk_norm=True), []),
     ("zero_init", "attention and MLP output projections start at zero", dict(zero_init_proj=True), []),
+    ("combo_lr3e-3", "the combination at peak LR 3e-3 (qk_norm should tolerate it)", COMBO,
+     ["--lr", "3e-3"]),
     ("canon6_a", "canon layer before attention only (half the cost of canon6)",
      dict(conv_kernel=6, conv_at="a"), []),
+    ("combo_gqa1", "the combination with one key/value head for the 4 query heads (cheaper decoding)",
+     dict(COMBO, n_kv_head=1), []),
     ("rope2d", "rotary q/k by (pixel row, column) of the symbol", dict(rope="2d"), []),
-    ("gqa1", "one key/value head for the 4 query heads (cheaper decoding)", dict(n_kv_head=1), []),
     ("bit_embed", "embedding of each symbol's 6 pixel bits added (an existing option)",
      dict(bit_embed=True), []),
 ]
@@ -149,7 +169,8 @@ def run_one(name: str, desc: str, options: dict, extra: list[str], a) -> bool:
         if "test_nll_subset" in rec:
             curve.append([rec["train_seconds"], rec["test_nll_subset"]])
     rec = {"name": name, "description": desc, "options": options, "extra_flags": extra,
-           "recipe": "flagship", "budget_cpu_minutes": a.minutes, "seed": a.seed,
+           "recipe": "flagship", "budget_cpu_minutes": a.minutes,
+           "seed": int(extra[extra.index("--seed") + 1]) if "--seed" in extra else a.seed,
            "clock": "process CPU time, 1 thread", "test_nll_nats": r["test_nll_nats"],
            "test_bits_per_pixel": r["test_bits_per_pixel"], "eval_images": r["eval_images"],
            "steps": r["step"], "tokens": r["tokens"], "train_cpu_seconds": r["train_seconds"],
@@ -178,12 +199,29 @@ def report() -> None:
         print("no results yet")
         return
     base = res.get("baseline")
-    rows = ["| run | change | test NLL, nats/image (10,000 lines) | vs baseline | steps | "
-            "tokens/CPU-s | decode CPU per token vs baseline |", "|---|---|---|---|---|---|---|"]
+    rows = ["| run | change | verdict | test NLL, nats/image (all 10,000 lines) | vs baseline | "
+            "steps | tokens per CPU-s | decode CPU time vs baseline |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, r in res.items():
-        d = f"{r['test_nll_nats'] - base['test_nll_nats']:+.2f}" if base and name != "baseline" else ""
+        d = r["test_nll_nats"] - base["test_nll_nats"] if base and name != "baseline" else None
+        combo = res.get("combo")
+        if d is None:
+            verdict = "reference"
+        elif name.startswith("baseline"):
+            verdict = "noise estimate"
+        elif name.startswith("combo_") and combo and set(r["options"]) < set(combo["options"]):
+            # leave-one-out: the part left out is kept if the combination is worse without it
+            dc = r["test_nll_nats"] - combo["test_nll_nats"]
+            verdict = (f"{dc:+.2f} vs combo: " + ("keep the part" if dc >= NOISE else
+                       "the part does not help" if dc > -NOISE else "drop the part"))
+        elif len(r["options"]) > 1 or r["extra_flags"]:
+            d_c = r["test_nll_nats"] - combo["test_nll_nats"] if combo and name != "combo" else None
+            verdict = "combination" + ("" if d_c is None else f" ({d_c:+.2f} vs combo)")
+        else:
+            verdict = "kept" if d <= -NOISE else "dropped" + (" (within noise)" if d < NOISE else "")
         dec = f"{r['decode_cpu_s_64x150'] / base['decode_cpu_s_64x150']:.2f}x" if base else ""
-        rows.append(f"| {name} | {r['description']} | {r['test_nll_nats']:.2f} | {d} | {r['steps']} | "
+        rows.append(f"| {name} | {r['description']} | {verdict} | {r['test_nll_nats']:.2f} | "
+                    f"{'' if d is None else f'{d:+.2f}'} | {r['steps']} | "
                     f"{r['tokens'] / r['train_cpu_seconds']:,.0f} | {dec} |")
     table = "\n".join(rows)
     print(table)
@@ -253,13 +291,29 @@ def main():
         time.sleep(10)
     snapshot(Path(a.out) / "code", a.refresh_code)
     print(f"trainer: {(Path(a.out) / 'code' / 'SOURCE').read_text().strip()}", flush=True)
-    for name, desc, opts, extra in RUNS:
-        if name not in names or name in done:
-            continue
+    tried = set()
+    while True:
+        runs = current_runs() if not a.only else RUNS
+        todo = [r for r in runs if r[0] in (names if a.only else [n for n, *_ in runs])
+                and r[0] not in load_results() and r[0] not in tried]
+        if not todo:
+            break
+        name, desc, opts, extra = todo[0]
+        tried.add(name)
         if not run_one(name, desc, opts, extra, a):
             print(f"{name}: retrying once (resume)", flush=True)
             run_one(name, desc, opts, extra, a)
         report()
+
+
+def current_runs() -> list:
+    """RUNS as the file says now (edited while the batch runs), or as loaded if it no longer loads."""
+    import runpy
+    try:
+        return runpy.run_path(__file__)["RUNS"]
+    except Exception as e:
+        print(f"{__file__} does not load ({e}); keeping the list I have", flush=True)
+        return RUNS
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 HISTORY = Path(__file__).parent / "history.jsonl"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(ROOT))
 
 
 def sync(device):
@@ -37,10 +38,26 @@ def matmul_peak(dtype=torch.bfloat16, device="cpu", sizes=(1024, 2048), reps=5) 
     return best
 
 
+def cpu_name() -> str:
+    """The CPU's model name, with its family/model numbers where /proc/cpuinfo has them (a
+    virtual machine may report only "AMD EPYC")."""
+    from mnisttext.machine import cpu_model
+    name = cpu_model()
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        if "cpu family" in info and "model" in info:
+            name += f" (family {info['cpu family']}, model {info['model']})"
+    except OSError:
+        pass
+    return name
+
+
 def machine(device="cpu") -> dict:
-    d = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-         "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-         "device": str(device)}
+    from mnisttext.machine import cores
+    d = {"platform": platform.platform(), "cpu": cpu_name(), "cpus": cores(),
+         "threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
     if torch.device(device).type == "cuda":
         d["gpu"] = torch.cuda.get_device_name()
     return d

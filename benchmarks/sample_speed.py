@@ -1,96 +1,181 @@
-"""Generate-and-rerank latency: 64 candidates of one digit with the seed architecture, reranked.
+"""The main job's speed: `generate --digits 0-9` (64 candidates a digit, reranked) with the shipped
+model, against the FLOP floor, against the matmul peak, and against the previous release.
 
-    python benchmarks/sample_speed.py                   # CPU
-    python benchmarks/sample_speed.py --device cuda
+    python benchmarks/sample_speed.py                   # everything, in one run (~2 min, CPU)
+    python benchmarks/sample_speed.py --no-old          # without the old release
+    python benchmarks/sample_speed.py --checkpoint runs/x/best --candidates 32
 
-Reports the median over --repeats runs with the KV cache, the same without it (--no-cache
-recomputes the whole prefix at every step), their ratio, and the FLOP floor: 2 * params *
-generated tokens over the matmul peak measured in this run. Random weights of the seed
-architecture (speed does not depend on them); the shipped reranker when present.
+In one run, on this machine:
+- the decode plan is measured afresh (machine.decode_plan: dtype, threads, rows per batch), as a
+  first use would, and its cost reported;
+- all ten digits in one decode, reranked (what `generate --digits 0-9` does after loading), timed
+  --repeats times;
+- each digit alone (64 candidates + rerank), whose lines must equal the batched run's: the seed
+  contract holds and batching changes nothing;
+- the old release (git commit --old-commit, its own CLI in a subprocess from a temporary
+  `git archive`), its "N digits in X s" line, --old-repeats times, interleaved with the above;
+- the FLOP floor, 2 x params x generated tokens over the best matmul peak of this run (fp32 or
+  bf16, whichever is faster here, on the decode's threads), the ratio to it, and the fraction of
+  that peak the decode achieves.
+Timings are wall clock; every printed figure names the CPU. Results go to benchmarks/history.jsonl.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common import machine, matmul_peak, print_table, record, sync
-from mnisttext import codec, sample
-from mnisttext.evaluate import bf16_supported
-from mnisttext.model import PRESETS, GPTConfig, GPT
+from common import ROOT, cpu_name, machine, matmul_peak, print_table, record
+from mnisttext import checkpoint, kvcache, sample
+from mnisttext import machine as mach
+from mnisttext import tokenizer as tk
+from mnisttext.classifier import load_classifier
+from mnisttext.codec import bpp_of_length
+from mnisttext.packing import prepare_for_sampling
+
+OLD_COMMIT = "a91493b"        # the release before the batched decoder
+
+
+def old_release(commit: str, tmp: Path) -> Path:
+    """The old release's tree in tmp (git archive: no worktree bookkeeping in this repository)."""
+    tree = tmp / "old"
+    tree.mkdir()
+    tar = subprocess.run(["git", "archive", commit], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=tar, check=True)
+    return tree
+
+
+def run_old(tree: Path, tmp: Path, digits: str) -> dict:
+    """One `python cli.py generate --digits ...` of the old release: its own timing line, and the
+    process's wall time (Python start and model loading included)."""
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "cli.py", "generate", "--digits", digits, "--img-dir",
+                        str(tmp / "old_img")], cwd=tree, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"old release failed:\n{r.stderr[-2000:]}")
+    m = re.search(r"(\d+) digits? in ([\d.]+) s", r.stderr + r.stdout)
+    if not m:
+        raise RuntimeError(f"no timing line in the old release's output:\n{r.stderr[-2000:]}")
+    return {"generate_s": float(m.group(2)), "process_s": wall}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="seed", choices=sorted(PRESETS), help="model size")
-    ap.add_argument("--checkpoint", default=None, help="time a trained model dir instead")
-    ap.add_argument("--classifier", default="checkpoints/classifier", help="reranker dir")
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "gpt"), help="character model dir")
+    ap.add_argument("--classifier", default=str(ROOT / "checkpoints" / "classifier"), help="reranker dir")
     ap.add_argument("--candidates", type=int, default=64, help="candidates per digit")
-    ap.add_argument("--repeats", type=int, default=7, help="timed runs with the cache")
-    ap.add_argument("--no-cache-repeats", type=int, default=2, help="timed runs without it")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="autocast")
+    ap.add_argument("--keep", type=int, default=8, help="lines kept per digit by the reranker")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of all ten digits")
+    ap.add_argument("--old-repeats", type=int, default=2, help="runs of the old release")
+    ap.add_argument("--no-old", action="store_true", help="skip the old release")
+    ap.add_argument("--old-commit", default=OLD_COMMIT, help="the release to compare with")
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="sampler dtype")
+    ap.add_argument("--keep-plan", action="store_true", help="use the cached decode plan, do not re-measure")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     a = ap.parse_args()
-    torch.manual_seed(0)
-    grammar = None               # the checkpoint's own tokens (BPE lines are shorter)
-    if a.checkpoint:
-        from mnisttext.checkpoint import load_model
-        from mnisttext.tokenizer import Grammar
-        model, cfg, tok = load_model(a.checkpoint, a.device)
-        grammar = Grammar.of(tok)
-    else:
-        cfg = GPTConfig(**PRESETS[a.preset])
-        model = GPT(cfg).to(a.device).eval()
-    clf = None
-    if Path(a.classifier).exists():
-        from mnisttext.classifier import load_classifier
-        clf, _ = load_classifier(a.classifier, a.device)
-    dtype = "bf16" if a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device)) else "fp32"
-    n = model.num_params()
-    vocab = model.config.vocab_size
-    model = sample.for_sampling(model, dtype)          # weights cast once (and prepacked), no autocast
+    cpu = cpu_name()
+    digits = list(range(10))
 
-    steps = []
+    t0 = time.perf_counter()
+    native = kvcache.native_attend() is not None
+    native_s = time.perf_counter() - t0
+    model, cfg, tok = checkpoint.load_model(a.checkpoint, "cpu")
+    grammar = tk.Grammar.of(tok)
+    bpp = bpp_of_length(cfg.block_size)
+    clf, _ = load_classifier(a.classifier, "cpu")
+    t0 = time.perf_counter()
+    if not a.keep_plan:
+        from mnisttext.packing import build_sampler
+        mach.decode_plan(model, build_sampler, refresh=True)
+    sampler = prepare_for_sampling(model, a.dtype)
+    plan_s = time.perf_counter() - t0
+    plan = sampler.decode_plan
+    settings = sample.SampleSettings(temperature=0.8, bpp=bpp)
 
-    def once(use_cache, seed):
-        sync(a.device)
+    def job(ds):
+        """What `generate --digits ...` does between loading and saving pictures."""
         t = time.perf_counter()
-        gen = sample.make_generator(seed, a.device)
-        st = sample.SampleSettings(temperature=0.8, use_cache=use_cache)
-        toks = sample.generate(model, [3], a.candidates, gen, st, a.device, "fp32", grammar=grammar)
-        steps.append(toks.shape[1] - 2)      # decode steps run (BPE: the longest candidate)
-        lines = sample.tokens_to_lines(toks, grammar)
-        if clf is not None:
-            sample.rerank(3, lines, clf, 8, 0.8)
-        else:
-            codec.decode_batch(lines)
-        sync(a.device)
-        return time.perf_counter() - t
+        lines = sample.sample_digits(sampler, ds, a.candidates, settings, a.seed, "cpu", grammar)
+        for d in ds:
+            sample.rerank(d, lines[d], clf, a.keep, 0.8, bpp)
+        return time.perf_counter() - t, lines
 
-    once(True, 999)                                   # warm up
-    cached = [once(True, s) for s in range(a.repeats)]
-    uncached = [once(False, s) for s in range(a.no_cache_repeats)]
-    med, med_nc = statistics.median(cached), statistics.median(uncached)
-    peak = matmul_peak(torch.bfloat16 if dtype == "bf16" else torch.float32, a.device)
-    tokens = a.candidates * statistics.median(steps)
-    floor = 2 * n * tokens / peak
-    res = {"preset": a.checkpoint or a.preset, "params": n, "vocab_size": vocab, "candidates": a.candidates,
-           "gelu": cfg.gelu,
-           "decode_steps": statistics.median(steps),
-           "dtype": dtype, "reranked": clf is not None, "median_s": med, "runs_s": cached,
-           "no_cache_median_s": med_nc, "speedup_vs_no_cache": med_nc / med,
-           "flop_floor_s": floor, "ratio_to_floor": med / floor, "peak_tflops": peak / 1e12,
-           "machine": machine(a.device)}
-    print_table(f"generate-and-rerank, {a.candidates} candidates ({res['preset']}, {dtype}, {a.device})",
-                [("vocabulary (76 = characters)", vocab), ("decode steps (median)", statistics.median(steps)),
-                 ("median s (KV cache)", med), ("median s (--no-cache)", med_nc),
-                 ("speed-up from the cache", med_nc / med), ("FLOP floor s", floor),
-                 ("ratio to floor", med / floor), ("matmul peak TFLOP/s", peak / 1e12)])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tree = None if a.no_old else old_release(a.old_commit, tmp)
+        job([3])                                              # warm up (oneDNN kernels, pages)
+        batched, single, old = [], {}, []
+        lines_batched = None
+        for rep in range(max(a.repeats, a.old_repeats if tree else 0)):
+            if tree and rep < a.old_repeats:
+                old.append(run_old(tree, tmp, "0-9"))
+            if rep < a.repeats:
+                dt, lines_batched = job(digits)
+                batched.append(dt)
+            if rep == 0:
+                for d in digits:                               # each digit alone
+                    dt, alone = job([d])
+                    single[d] = (dt, alone[d] == lines_batched[d])
+
+    identical = all(same for _, same in single.values())
+    one = statistics.median(dt for dt, _ in single.values())
+    med = statistics.median(batched)
+    threads = plan.get("threads") or torch.get_num_threads()
+    with sample.decode_threads(sampler):
+        peaks = {d: matmul_peak(dt, "cpu") for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peak_dtype = max(peaks, key=peaks.get)
+    peak = peaks[peak_dtype]
+    n = model.num_params()
+    steps = cfg.block_size - 1                      # tokens generated after the class digit
+    flops = 2 * n * a.candidates * len(digits) * steps
+    floor = flops / peak
+    old_med = statistics.median(o["generate_s"] for o in old) if old else None
+    res = {"checkpoint": a.checkpoint, "cpu": cpu, "params": n, "candidates": a.candidates,
+           "digits": len(digits), "native_attention": native, "native_build_s": native_s,
+           "plan": plan, "plan_s": plan_s, "threads": threads,
+           "ten_digits_s": med, "ten_digits_runs_s": batched,
+           "one_digit_median_s": one, "one_digit_s": {d: dt for d, (dt, _) in single.items()},
+           "identical_batched_vs_alone": identical,
+           "flops": flops, "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
+           "peak_dtype": peak_dtype, "flop_floor_s": floor, "ratio_to_floor": med / floor,
+           "fraction_of_peak": floor / med,
+           "old_commit": None if not old else a.old_commit, "old_runs": old,
+           "old_ten_digits_s": old_med, "speedup_vs_old": old_med / med if old_med else None,
+           "machine": machine("cpu")}
+    rows = [("CPU", f"{cpu}, {res['machine']['cpus']} cores"),
+            ("decode plan", f"{plan['dtype']}, {threads} thread(s), up to {plan['rows']} rows a batch, "
+                            f"rows batch-independent: {plan['row_invariant']}"),
+            ("plan measured in s (first use)", plan_s),
+            ("native attention kernel", native),
+            (f"all 10 digits, s (median of {len(batched)})", med),
+            ("  runs", ", ".join(f"{x:.2f}" for x in batched)),
+            ("one digit alone, s (median of 10)", one),
+            ("batched lines == each digit alone", identical),
+            ("FLOP floor s (2 x params x tokens / peak)", floor),
+            ("ratio to floor", med / floor),
+            (f"matmul peak TFLOP/s (fp32 / bf16, {threads} thread(s))",
+             f"{peaks['fp32'] / 1e12:.3f} / {peaks['bf16'] / 1e12:.3f}"),
+            (f"fraction of the {peak_dtype} peak achieved", floor / med)]
+    if old:
+        rows += [(f"old release {a.old_commit}: 10 digits, s (its own line)", old_med),
+                 ("  runs (its line / whole process)",
+                  ", ".join(f"{o['generate_s']:.2f}/{o['process_s']:.2f}" for o in old)),
+                 ("speed-up over the old release", old_med / med)]
+    print_table(f"generate --digits 0-9, {a.candidates} candidates + rerank, shipped model, on {cpu}", rows)
     record("sample_speed", res)
+    if not identical:
+        print("ERROR: batched lines differ from each digit alone", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,15 +39,19 @@ class KVCache:
     """Keys and values of every layer, filled up to `pos`, in the dtype the layers compute in.
 
     Two layouts, picked at the first write:
-    - chunked (where the native kernel runs): k, v (n_layer, n_chunks, B, n_kv, ALIGN, hs),
-      positions in chunks of ALIGN; a decode step reads chunk after chunk, each one contiguous
-      over all rows and heads, so the read streams through memory (twice as fast as reading
-      each row's keys from its own stretch of a (B, n_kv, positions, hs) buffer).
+    - chunked (where the native kernel runs): positions in chunks of ALIGN,
+        k (n_layer, n_chunks, B, n_kv, ALIGN, hs)
+        v (n_layer, n_chunks, B, n_kv, ALIGN/2, hs, 2)   positions in pairs, a dimension's two
+                                                          values side by side;
+      a decode step reads chunk after chunk, each contiguous over all rows and heads, so its
+      reads stream through memory (twice as fast as reading each row's keys from its own
+      stretch of a (B, n_kv, positions, hs) buffer, docs/performance.md).
     - plain (the torch fallback): k, v (n_layer, B, n_kv, capacity, hs).
     Either way the whole block (rounded up to ALIGN positions) is allocated, uninitialized, at
     the first write: pages the lines never reach are never touched, and a decode step reads only
-    the positions written. The torch fallback reads the whole buffer with the unwritten tail
-    masked, so it zeroes the tail first (-inf + NaN is NaN)."""
+    the positions written. Unwritten slots never reach a result: the kernel masks them, except
+    the pair partner of the last value written, which write() zeroes (0 * NaN is NaN); the
+    torch fallback reads the whole plain buffer with the tail masked, so it zeroes the tail."""
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, block_size: int, head_size: int,
                  dtype=None):
@@ -60,6 +64,7 @@ class KVCache:
         self._mask_key = None
         self._tail_zero = False          # plain layout: positions >= pos hold zeros
         self._attends = False            # attend_one has been called: see write
+        self._pending = {}               # layer -> (k, v) the next attend_one stores (chunked)
 
     @property
     def batch_size(self) -> int:
@@ -72,24 +77,35 @@ class KVCache:
     def _alloc(self, batch_size: int, like: torch.Tensor, chunked: bool):
         L, _, nkv, block, hs = self.shape
         cap = _round_up(block, ALIGN)
-        shape = (L, cap // ALIGN, batch_size, nkv, ALIGN, hs) if chunked else (L, batch_size, nkv, cap, hs)
         dtype = self.dtype or like.dtype
-        return (torch.empty(shape, device=like.device, dtype=dtype),
-                torch.empty(shape, device=like.device, dtype=dtype))
+        if not chunked:
+            shape = (L, batch_size, nkv, cap, hs)
+            return (torch.empty(shape, device=like.device, dtype=dtype),
+                    torch.empty(shape, device=like.device, dtype=dtype))
+        c = cap // ALIGN
+        return (torch.empty((L, c, batch_size, nkv, ALIGN, hs), device=like.device, dtype=dtype),
+                torch.empty((L, c, batch_size, nkv, ALIGN // 2, hs, 2), device=like.device, dtype=dtype))
 
     def _native_ok(self, t: torch.Tensor) -> bool:
         return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16)
                 and (self.dtype is None or self.dtype == t.dtype) and self.shape[4] % ALIGN == 0
                 and native_attend() is not None)
 
+    def _flush(self):
+        """Store the new keys and values that the kernel was to store (see write)."""
+        pending, self._pending = self._pending, {}
+        attends, self._attends = self._attends, False
+        for layer, (k, v) in pending.items():
+            self.write(layer, k, v)
+        self._attends = attends
+
     def layer_view(self, layer: int, t: torch.Tensor, end: int) -> torch.Tensor:
         """Positions :end of layer `layer` of k or v as (B, n_kv, end, hs): a view of the plain
         layout, a copy of the chunked one."""
+        self._flush()
         if not self.chunked:
             return t[layer, :, :, :end]
-        x = t[layer, :-(-end // ALIGN)]                              # (c, B, nkv, ALIGN, hs)
-        B, nkv, hs = x.shape[1], x.shape[2], x.shape[4]
-        return x.permute(1, 2, 0, 3, 4).reshape(B, nkv, -1, hs)[:, :, :end]
+        return unchunk(t[layer, :-(-end // ALIGN)])[:, :, :end]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, nkv, T, hs) at pos..pos+T; return all keys and values so far
@@ -98,21 +114,36 @@ class KVCache:
 
         One exception saves the chunked layout a copy of the whole cache per layer and step: once
         attend_one has been called on this cache, its caller decodes with attend_one, and a
-        one-token write returns only the new k, v (the model ignores the return there)."""
+        one-token write returns only the new k, v (the model ignores the return there); the
+        kernel stores them itself, as it attends (any other use of the cache stores them first)."""
         p, T = self.pos, k.shape[2]
+        self._flush()
+        if (T == 1 and p > 0 and self.chunked and self._attends and k.stride(-1) == 1
+                and v.stride(-1) == 1 and k.dtype == v.dtype == self.v.dtype):
+            self._pending[layer] = (k, v)
+            return k, v
         if p + T > self.shape[3]:
             raise ValueError(f"{p + T} positions > block size {self.shape[3]}")
         if self.v is None:
             self.chunked = self._native_ok(k)
             self.k, self.v = self._alloc(self.batch_size, k, self.chunked)
             self._tail_zero = False
-        for mine, new in ((self.k, k), (self.v, v)):
-            if not self.chunked:
-                mine[layer, :, :, p:p + T] = new
-                continue
+        if not self.chunked:
+            self.k[layer, :, :, p:p + T] = k
+            self.v[layer, :, :, p:p + T] = v
+        else:
             for c in range(p // ALIGN, -(-(p + T) // ALIGN)):         # the chunks it touches
                 a, b = max(p, c * ALIGN), min(p + T, (c + 1) * ALIGN)
-                mine[layer, c, :, :, a - c * ALIGN:b - c * ALIGN] = new[:, :, a - p:b - p]
+                self.k[layer, c, :, :, a - c * ALIGN:b - c * ALIGN] = k[:, :, a - p:b - p]
+                for parity in (0, 1):                # even positions, then odd ones
+                    first = a + ((parity - a) % 2)
+                    if first < b:
+                        j0 = (first - c * ALIGN) // 2
+                        j1 = (b - 1 - parity - c * ALIGN) // 2 + 1
+                        self.v[layer, c, :, :, j0:j1, :, parity] = v[:, :, first - p:b - p:2]
+            e = p + T
+            if e % 2 and e < self.capacity:          # the partner of the last value: finite
+                self.v[layer, e // ALIGN, :, :, (e % ALIGN) // 2, :, 1] = 0
         if p == 0 or (T == 1 and self.chunked and self._attends):
             return k, v
         return self.layer_view(layer, self.k, p + T), self.layer_view(layer, self.v, p + T)
@@ -136,14 +167,20 @@ class KVCache:
         nkv, n = self.shape[2], self.pos + 1
         self._attends = True
         if self.chunked:
+            new = self._pending.pop(layer, None)
             if q.stride(-1) == 1 and q.dtype == self.v.dtype:
                 out = torch.empty(B, nh, 1, hs, dtype=q.dtype)
+                kn, vn = new if new is not None else (None, None)
                 rc = native_attend()(int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0),
-                                     q.stride(1), self.k[layer].data_ptr(), self.v[layer].data_ptr(),
-                                     out.data_ptr(), B, nh, nkv, hs, n, 1.0 / math.sqrt(hs),
-                                     torch.get_num_threads())
+                                     q.stride(1), _ptr(kn), _ptr(vn), *_bh_strides(kn),
+                                     *_bh_strides(vn), self.k[layer].data_ptr(),
+                                     self.v[layer].data_ptr(), out.data_ptr(), B, nh, nkv, hs, n,
+                                     1.0 / math.sqrt(hs), torch.get_num_threads())
                 if rc == 0:
                     return out
+            if new is not None:
+                self._pending[layer] = new
+                self._flush()
             kf, vf = self.layer_view(layer, self.k, n), self.layer_view(layer, self.v, n)
             y = torch.softmax(q.reshape(B, nkv, -1, hs) @ kf.transpose(-1, -2) / math.sqrt(hs), -1) @ vf
             return y.reshape(B, nh, 1, hs).to(q.dtype)
@@ -165,6 +202,7 @@ class KVCache:
         new.__dict__.update(self.__dict__)
         new.shape = (self.shape[0], batch_size) + self.shape[2:]
         new._mask = new._mask_key = None
+        new._pending = {}
         return new
 
     def expand(self, n: int) -> "KVCache":
@@ -180,6 +218,8 @@ class KVCache:
         Per-row state that a subclass keeps in a dict of (B, ...) tensors (the canon layers'
         `conv`) goes along."""
         reps = [repeat] * len(caches) if isinstance(repeat, int) else list(repeat)
+        for c in caches:
+            c._flush()
         first = caches[0]
         if len(reps) != len(caches) or any(
                 c.pos != first.pos or c.shape[2:] != first.shape[2:] or type(c) is not type(first)
@@ -208,26 +248,65 @@ class KVCache:
         return new
 
 
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+def _bh_strides(t) -> tuple[int, int]:
+    """Element strides of (B, n_kv, 1, hs) between rows and heads (0, 0 for None)."""
+    return (0, 0) if t is None else (t.stride(0), t.stride(1))
+
+
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def chunk_keys(k: torch.Tensor) -> torch.Tensor:
+    """(B, n_kv, positions, hs) -> the chunked layout (positions/ALIGN, B, n_kv, ALIGN, hs)."""
+    B, nkv, T, hs = k.shape
+    return k.view(B, nkv, T // ALIGN, ALIGN, hs).permute(2, 0, 1, 3, 4).contiguous()
+
+
+def chunk_values(v: torch.Tensor) -> torch.Tensor:
+    """(B, n_kv, positions, hs) -> the chunked layout (positions/ALIGN, B, n_kv, ALIGN/2, hs, 2)."""
+    B, nkv, T, hs = v.shape
+    return v.view(B, nkv, T // ALIGN, ALIGN // 2, 2, hs).permute(2, 0, 1, 3, 5, 4).contiguous()
+
+
+def unchunk(x: torch.Tensor) -> torch.Tensor:
+    """Either chunked layout (of one layer) -> (B, n_kv, positions, hs), a copy."""
+    if x.dim() == 6:                                   # values: (c, B, nkv, ALIGN/2, hs, 2)
+        x = x.transpose(-1, -2).flatten(3, 4)          # (c, B, nkv, ALIGN, hs)
+    c, B, nkv, a, hs = x.shape
+    return x.permute(1, 2, 0, 3, 4).reshape(B, nkv, c * a, hs)
+
+
 # ---------------------------------------------------------------------------------------------
-# The native decode attention. One call does every row and head of one layer, split by rows over
-# `threads` POSIX threads. Each thread walks the chunks of ALIGN positions in order (so its reads
-# stream through memory), and for each row and head: 16 scores q . k_t at once (16 dot products,
-# their lanes summed by one transpose-add), an online softmax in fp32 (a running max and sum, a
-# polynomial exp so the loops vectorize), and the values weighted by the probabilities added to
-# an fp32 accumulator. bf16 is read as bf16 and computed in fp32; the output is rounded once.
-# A row's result depends only on that row: no batch-size effects.
+# The native decode attention. One call does every row and head of one layer, its rows split over
+# torch's OpenMP threads (the same pool as torch's ops; POSIX threads where the compiler has no
+# OpenMP). Each thread walks the chunks of ALIGN positions in order, so its reads stream through
+# memory; for each row and head: 16 scores q . k_t at once (16 dot products, their lanes summed
+# by one transpose-add), an online softmax in fp32 (running max and sum, a polynomial exp so the
+# loops vectorize), and the values weighted by the probabilities added to an fp32 accumulator.
+# With AVX512-BF16 (-march=native) bf16 caches use the bf16 dot product instruction for both
+# products (the probabilities rounded to bf16, as torch's bf16 path rounds them); otherwise bf16
+# is widened to fp32. The output is rounded once. A row's result depends only on that row.
 
 NATIVE_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define BF16DOT 1
+#endif
 
 #define L 16
+#define MAXHS 256
 typedef float vf __attribute__((vector_size(64)));
 typedef uint32_t vu __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
@@ -286,26 +365,49 @@ static inline vf reduce16(const vf *a) {
 }
 
 typedef struct {
-    const void *q; long qs_b, qs_h; const void *k, *v; void *out;
+    const void *q; long qs_b, qs_h; const void *kn, *vn; long ks_b, ks_h, vs_b, vs_h;
+    void *k, *v; void *out;
     long r0, r1, B, nh, nkv, hs, n; float scale; int bf16, failed;
 } job_t;
 
-/* k, v: (n_chunks, B, nkv, 16, hs); q: row b, head h at q[b * qs_b + h * qs_h]; out: (B, nh, hs) */
+/* Store the new key and value (position n - 1) of rows r0..r1, and zero the value's pair partner
+   when it opens a pair (the dot product reads both halves of a pair). */
+static void store_new(const job_t *j) {
+    const long t = j->n - 1, c = t / L, slot = t % L, hs = j->hs, es = j->bf16 ? 2 : 4;
+    for (long b = j->r0; b < j->r1; b++)
+        for (long g = 0; g < j->nkv; g++) {
+            const long blk = (c * j->B + b) * j->nkv + g;
+            char *kd = (char *)j->k + ((blk * L + slot) * hs) * es;
+            memcpy(kd, (const char *)j->kn + (b * j->ks_b + g * j->ks_h) * es, hs * es);
+            const char *vs = (const char *)j->vn + (b * j->vs_b + g * j->vs_h) * es;
+            char *vd = (char *)j->v + (blk * L * hs + (slot / 2) * 2 * hs + slot % 2) * es;
+            for (long d = 0; d < hs; d++) {
+                memcpy(vd + 2 * d * es, vs + d * es, es);
+                if (slot % 2 == 0) memset(vd + (2 * d + 1) * es, 0, es);
+            }
+        }
+}
+
+/* k: (n_chunks, B, nkv, 16, hs); v: (n_chunks, B, nkv, 8, hs, 2): positions in pairs, each
+   dimension's two values side by side (what the bf16 dot product instruction takes); q: row b,
+   head h at q[b * qs_b + h * qs_h]; out: (B, nh, hs). Per (row, head): a running max, a running
+   sum and an accumulator (hs, 2), the two positions of a pair apart until the end (one (hs)
+   accumulator with the bf16 dot product). */
 static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16) {
     const long nh = j->nh, nkv = j->nkv, hs = j->hs, n = j->n, rep = nh / nkv, B = j->B;
-    const long rows = j->r1 - j->r0, nc = (n + L - 1) / L, nvec = hs / L;
+    const long rows = j->r1 - j->r0, nc = (n + L - 1) / L, nv = hs / L;
     float *qf = malloc(sizeof(float) * rows * nh * hs);
-    float *acc = malloc(sizeof(float) * rows * nh * hs);
-    float *ms = malloc(sizeof(float) * rows * nh * 2);        /* running max, running sum */
+    float *acc = malloc(sizeof(float) * rows * nh * hs * 2);
+    float *ms = malloc(sizeof(float) * rows * nh * 2);
     if (!qf || !acc || !ms) { free(qf); free(acc); free(ms); j->failed = 1; return; }
     for (long b = 0; b < rows; b++)
         for (long h = 0; h < nh; h++) {
             const long bh = b * nh + h;
             for (long d = 0; d < hs; d++) {
                 const long o = (j->r0 + b) * j->qs_b + h * j->qs_h + d;
-                qf[bh * hs + d] = (bf16 ? bf2f(((const uint16_t *)j->q)[o]) : ((const float *)j->q)[o]) * j->scale;
-                acc[bh * hs + d] = 0.0f;
+                qf[bh * hs + d] = bf16 ? bf2f(((const uint16_t *)j->q)[o]) : ((const float *)j->q)[o];
             }
+            for (long d = 0; d < 2 * hs; d++) acc[bh * 2 * hs + d] = 0.0f;
             ms[bh * 2] = -1e30f;
             ms[bh * 2 + 1] = 0.0f;
         }
@@ -321,15 +423,30 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
                 const long bh = b * nh + g * rep + r;
                 const float *q = qf + bh * hs;
                 vf a[L];
+#ifdef BF16DOT
+                if (bf16 && hs % 32 == 0) {
+                    const uint16_t *qb = (const uint16_t *)j->q + (j->r0 + b) * j->qs_b + (g * rep + r) * j->qs_h;
+                    const uint16_t *kb = (const uint16_t *)j->k + base;
+                    for (int t = 0; t < L; t++) {
+                        __m512 x = _mm512_setzero_ps();
+                        for (long i = 0; i < hs; i += 32) {
+                            __m512bh qv = (__m512bh)_mm512_loadu_si512(qb + i);
+                            __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + t * hs + i);
+                            x = _mm512_dpbf16_ps(x, qv, kv);
+                        }
+                        memcpy(&a[t], &x, sizeof x);
+                    }
+                } else
+#endif
                 for (int t = 0; t < L; t++) {
                     vf x = {0};
-                    for (long i = 0; i < nvec; i++) {
+                    for (long i = 0; i < nv; i++) {
                         vf qv; memcpy(&qv, q + i * L, sizeof qv);
                         x += qv * load16(j->k, base + t * hs + i * L, bf16);
                     }
                     a[t] = x;
                 }
-                vf s = reduce16(a);
+                vf s = reduce16(a) * j->scale;
                 s = vsel(lane < validv, s, neg);              /* positions not yet written */
                 const float m = ms[bh * 2];
                 float mn = hmax(s);
@@ -339,12 +456,44 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
                 p = vsel(lane < validv, p, zero);
                 ms[bh * 2] = mn;
                 ms[bh * 2 + 1] = ms[bh * 2 + 1] * alpha + hsum(p);
-                float *ac = acc + bh * hs;
-                for (long i = 0; i < nvec; i++) {
-                    vf x; memcpy(&x, ac + i * L, sizeof x);
-                    x *= alpha;
-                    for (long t = 0; t < valid; t++) x += p[t] * load16(j->v, base + t * hs + i * L, bf16);
-                    memcpy(ac + i * L, &x, sizeof x);
+                float *ac = acc + bh * 2 * hs;
+                const long pairs = (valid + 1) / 2;
+#ifdef BF16DOT
+                if (bf16) {
+                    const uint16_t *vb = (const uint16_t *)j->v + base;
+                    __m512 pf; memcpy(&pf, &p, sizeof pf);
+                    __m256bh pb = _mm512_cvtneps_pbh(pf);       /* word jp: (p[2jp], p[2jp+1]) */
+                    uint32_t pw[L / 2]; memcpy(pw, &pb, sizeof pw);
+                    for (long i = 0; i < nv; i++) {             /* dimensions i*16 .. i*16+15 */
+                        __m512 x; memcpy(&x, ac + i * L, sizeof x);
+                        x = _mm512_mul_ps(x, _mm512_set1_ps(alpha));
+                        for (long jp = 0; jp < pairs; jp++) {
+                            __m512bh pv = (__m512bh)_mm512_set1_epi32((int)pw[jp]);
+                            __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + jp * 2 * hs + i * 2 * L);
+                            x = _mm512_dpbf16_ps(x, pv, vv);
+                        }
+                        memcpy(ac + i * L, &x, sizeof x);
+                    }
+                    continue;
+                }
+#endif
+                vf pp[L / 2];                                   /* (p[2jp], p[2jp+1]) repeated */
+                pp[0] = __builtin_shufflevector(p, p, 0,1,0,1,0,1,0,1,0,1,0,1,0,1,0,1);
+                pp[1] = __builtin_shufflevector(p, p, 2,3,2,3,2,3,2,3,2,3,2,3,2,3,2,3);
+                pp[2] = __builtin_shufflevector(p, p, 4,5,4,5,4,5,4,5,4,5,4,5,4,5,4,5);
+                pp[3] = __builtin_shufflevector(p, p, 6,7,6,7,6,7,6,7,6,7,6,7,6,7,6,7);
+                pp[4] = __builtin_shufflevector(p, p, 8,9,8,9,8,9,8,9,8,9,8,9,8,9,8,9);
+                pp[5] = __builtin_shufflevector(p, p, 10,11,10,11,10,11,10,11,10,11,10,11,10,11,10,11);
+                pp[6] = __builtin_shufflevector(p, p, 12,13,12,13,12,13,12,13,12,13,12,13,12,13,12,13);
+                pp[7] = __builtin_shufflevector(p, p, 14,15,14,15,14,15,14,15,14,15,14,15,14,15,14,15);
+                for (long i0 = 0; i0 < 2 * nv; i0 += 8) {     /* (dimension, position) pairs */
+                    const long w = 2 * nv - i0 < 8 ? 2 * nv - i0 : 8;
+                    vf x[8];
+                    for (long i = 0; i < w; i++) { memcpy(&x[i], ac + (i0 + i) * L, sizeof x[i]); x[i] *= alpha; }
+                    for (long jp = 0; jp < pairs; jp++)
+                        for (long i = 0; i < w; i++)
+                            x[i] += pp[jp] * load16(j->v, base + jp * 2 * hs + (i0 + i) * L, bf16);
+                    for (long i = 0; i < w; i++) memcpy(ac + (i0 + i) * L, &x[i], sizeof x[i]);
                 }
             }
         }
@@ -353,8 +502,13 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
         for (long h = 0; h < nh; h++) {
             const long bh = b * nh + h, o = ((j->r0 + b) * nh + h) * hs;
             const float inv = 1.0f / ms[bh * 2 + 1];
+            const float *ac = acc + bh * 2 * hs;
             for (long d = 0; d < hs; d++) {
-                const float x = acc[bh * hs + d] * inv;
+#ifdef BF16DOT
+                const float x = (bf16 ? ac[d] : ac[2 * d] + ac[2 * d + 1]) * inv;
+#else
+                const float x = (ac[2 * d] + ac[2 * d + 1]) * inv;
+#endif
                 if (bf16) ((uint16_t *)j->out)[o + d] = f2bf(x);
                 else ((float *)j->out)[o + d] = x;
             }
@@ -364,35 +518,45 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
 
 static void *thread_main(void *a) {
     job_t *j = a;
+    if (j->kn) store_new(j);
     if (j->bf16) kern(j, 1); else kern(j, 0);
     return 0;
 }
 
-int mnisttext_attend(int bf16, const void *q, long qs_b, long qs_h, const void *k, const void *v,
-                     void *out, long B, long nh, long nkv, long hs, long n, float scale, int threads) {
-    if (hs % L || nkv < 1 || nh % nkv || n < 1 || B < 1) return -1;
+/* q, and the new key and value where kn is not NULL: element [b, h, d] at b * s_b + h * s_h + d */
+int mnisttext_attend(int bf16, const void *q, long qs_b, long qs_h, const void *kn, const void *vn,
+                     long ks_b, long ks_h, long vs_b, long vs_h, void *k, void *v, void *out,
+                     long B, long nh, long nkv, long hs, long n, float scale, int threads) {
+    if (hs % L || hs > MAXHS || nkv < 1 || nh % nkv || n < 1 || B < 1) return -1;
     if (threads > 64) threads = 64;
     if (threads > B) threads = (int)B;
     if (threads < 1) threads = 1;
-    job_t jobs[64]; pthread_t tid[64]; int ok[64] = {0};
+    job_t jobs[64];
     for (int i = 0; i < threads; i++) {
-        job_t jb = {q, qs_b, qs_h, k, v, out, B * i / threads, B * (i + 1) / threads,
-                    B, nh, nkv, hs, n, scale, bf16, 0};
+        job_t jb = {q, qs_b, qs_h, kn, vn, ks_b, ks_h, vs_b, vs_h, k, v, out,
+                    B * i / threads, B * (i + 1) / threads, B, nh, nkv, hs, n, scale, bf16, 0};
         jobs[i] = jb;
     }
+    int failed = 0;
+#ifdef _OPENMP
+    #pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int i = 0; i < threads; i++) thread_main(&jobs[i]);
+#else
+    pthread_t tid[64]; int ok[64] = {0};
     for (int i = 1; i < threads; i++) ok[i] = pthread_create(&tid[i], 0, thread_main, &jobs[i]) == 0;
     thread_main(&jobs[0]);
-    int failed = jobs[0].failed;
     for (int i = 1; i < threads; i++) {
         if (ok[i]) pthread_join(tid[i], 0);
         else thread_main(&jobs[i]);
-        failed |= jobs[i].failed;
     }
+#endif
+    for (int i = 0; i < threads; i++) failed |= jobs[i].failed;
     return failed ? -2 : 0;
 }
 """
 
-NATIVE_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-math-errno"]
+NATIVE_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno"]
+THREAD_FLAGS = (["-fopenmp"], ["-pthread"])     # the first that compiles
 
 _native_lock = threading.Lock()
 _native_fn = None
@@ -412,18 +576,14 @@ def _compiler() -> str | None:
 
 
 def build_native(directory: Path | None = None) -> Path | None:
-    """Compile NATIVE_SOURCE into directory (the machine cache) once; the library's path, or
-    None where there is no C compiler or it fails. The file name hashes the source, the flags,
-    the compiler and the CPU, so a changed kernel or another machine builds its own."""
+    """Compile NATIVE_SOURCE into directory (the machine cache) once (~1 s); the library's
+    path, or None where there is no C compiler or it fails. The file name hashes the source, the
+    flags, the compiler's path and the CPU, so a changed kernel or another machine builds its own."""
     from .machine import cpu_model
     cc = _compiler()
     if cc is None:
         return None
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    key = hashlib.sha256("\0".join([NATIVE_SOURCE, " ".join(NATIVE_FLAGS), version, cpu_model(),
+    key = hashlib.sha256("\0".join([NATIVE_SOURCE, " ".join(NATIVE_FLAGS), repr(THREAD_FLAGS), cc, cpu_model(),
                                     platform.machine()]).encode()).hexdigest()[:16]
     directory = Path(directory or native_dir())
     lib = directory / f"attend-{key}.so"
@@ -435,13 +595,19 @@ def build_native(directory: Path | None = None) -> Path | None:
             src = Path(tmp) / "attend.c"
             src.write_text(NATIVE_SOURCE)
             out = Path(tmp) / "attend.so"
-            r = subprocess.run([cc, *NATIVE_FLAGS, "-o", str(out), str(src)], capture_output=True,
-                               text=True, timeout=120)
-            if r.returncode != 0:
+            for extra in THREAD_FLAGS:
+                r = subprocess.run([cc, *NATIVE_FLAGS, *extra, "-o", str(out), str(src)],
+                                   capture_output=True, text=True, timeout=120)
+                if r.returncode == 0:
+                    break
+            else:
                 return None
             part = directory / f".{lib.name}.{os.getpid()}"
             shutil.copyfile(out, part)
             os.replace(part, lib)          # atomic: a concurrent build writes the same bytes
+        for old in directory.glob("attend-*.so"):      # kernels of other sources or flags
+            if old != lib:
+                old.unlink(missing_ok=True)
     except (OSError, subprocess.SubprocessError):
         return None
     return lib
@@ -450,8 +616,9 @@ def build_native(directory: Path | None = None) -> Path | None:
 def _load(lib: Path):
     fn = ctypes.CDLL(str(lib)).mnisttext_attend
     fn.restype = ctypes.c_int
-    fn.argtypes = ([ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
-                    ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 5
+    fn.argtypes = ([ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,    # q
+                    ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 4          # new k, v
+                   + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 5                     # k, v, out
                    + [ctypes.c_float, ctypes.c_int])
     return fn
 
@@ -465,13 +632,17 @@ def _self_check(fn) -> bool:
                 nc = -(-n // ALIGN)
                 k, v = (torch.randn(B, nkv, nc * ALIGN, hs).to(dtype) for _ in range(2))
                 k[:, :, n:], v[:, :, n:] = float("nan"), float("inf")   # unwritten: never read
-                chunk = lambda t: t.view(B, nkv, nc, ALIGN, hs).permute(2, 0, 1, 3, 4).contiguous()
-                kc, vc = chunk(k), chunk(v)
+                kc, vc = chunk_keys(k), chunk_values(v)
                 q = torch.randn(B, 1, nh * hs).to(dtype).view(B, 1, nh, hs).transpose(1, 2)
                 out = torch.empty(B, nh, 1, hs, dtype=dtype)
+                # the last position arrives as the new key and value, stored by the kernel
+                kn, vn = k[:, :, n - 1].clone(), v[:, :, n - 1].clone()
+                kc[(n - 1) // ALIGN, :, :, (n - 1) % ALIGN] = float("nan")
+                vc[(n - 1) // ALIGN, :, :, ((n - 1) % ALIGN) // 2, :, (n - 1) % 2] = float("nan")
                 rc = fn(int(dtype == torch.bfloat16), q.data_ptr(), q.stride(0), q.stride(1),
-                        kc.data_ptr(), vc.data_ptr(), out.data_ptr(), B, nh, nkv, hs, n,
-                        1.0 / math.sqrt(hs), 2)
+                        kn.data_ptr(), vn.data_ptr(), kn.stride(0), kn.stride(1), vn.stride(0),
+                        vn.stride(1), kc.data_ptr(), vc.data_ptr(), out.data_ptr(), B, nh, nkv,
+                        hs, n, 1.0 / math.sqrt(hs), 2)
                 kk, vv = (t[:, :, :n].float().repeat_interleave(nh // nkv, 1) for t in (k, v))
                 want = torch.softmax(q.float() @ kk.transpose(-1, -2) / math.sqrt(hs), -1) @ vv
                 if rc != 0 or not torch.allclose(out.float(), want, atol=tol, rtol=tol):

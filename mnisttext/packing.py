@@ -1,23 +1,28 @@
 """Decode-time weights: the model as the sampler runs it.
 
     from mnisttext.packing import prepare_for_sampling
-    fast = prepare_for_sampling(model, "auto")    # bf16 + prepacked linears where that is faster
+    fast = prepare_for_sampling(model, "auto")    # the dtype a measured decode step prefers here
+    fast.decode_plan          # {'dtype', 'workers', 'threads', 'rows', 'row_invariant'}
 
-Casting the weights once beats autocast, which would recast every weight at every decode step.
-On a CPU in bf16 the linear layers' weights are also reordered once into oneDNN's blocked layout
-(PackedLinear): F.linear reorders the weight on every call, a good part of a call with the
-64-row inputs of a decode step.
+On a CPU "auto" follows machine.decode_plan: decode steps of this model timed once per machine in
+fp32 and in bf16 (cached), which also sets the decode threads and the rows per decode batch that
+the sampler uses. Casting the weights once beats autocast, which would recast every weight at
+every decode step. On a CPU in bf16 the linear layers' weights are also reordered once into
+oneDNN's blocked layout (PackedLinear): F.linear reorders the weight on every call, a good part
+of a call with the few-hundred-row inputs of a decode step.
 """
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from . import machine
 from .model import GPT
-from .runtime import use_bf16
+from .runtime import DTYPES, use_bf16
 
 
 class PackedLinear(nn.Module):
@@ -41,8 +46,9 @@ class PackedLinear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
 
+@functools.cache
 def _packing_works() -> bool:
-    """A self-check on a small layer: private ops may change between releases."""
+    """A self-check on a small layer, once per process: private ops may change between releases."""
     with torch.random.fork_rng(devices=[]):
         try:
             lin = nn.Linear(16, 8).to(torch.bfloat16)
@@ -65,25 +71,51 @@ def pack_for_cpu_decode(model: nn.Module, rows: int = 64) -> bool:
     p = next(model.parameters())
     if p.device.type != "cpu" or p.dtype != torch.bfloat16 or not _packing_works():
         return False
-    gelu = model.config.gelu
+    gelu = model.config.gelu if getattr(model.config, "act", "gelu") == "gelu" else None
     with torch.no_grad():
         for block in model.transformer.h:
             att, mlp = block.attn, block.mlp
             att.c_attn, att.c_proj = PackedLinear(att.c_attn, rows=rows), PackedLinear(att.c_proj, rows=rows)
             mlp.c_fc = PackedLinear(mlp.c_fc, gelu=gelu, rows=rows)
-            mlp.gelu = nn.Identity()
+            if gelu:                 # fused into c_fc (relu2 stays in MLP.forward)
+                mlp.gelu = nn.Identity()
             mlp.c_proj = PackedLinear(mlp.c_proj, rows=rows)
         model.lm_head = PackedLinear(model.lm_head, rows=rows)   # wte keeps the plain (tied) weight
     return True
 
 
-def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
-    """The model to sample with, in eval mode: a bf16 copy (prepacked on a CPU) where
-    runtime.use_bf16 says bf16 is faster here (or dtype="bf16"), else the model itself."""
-    device = next(model.parameters()).device
-    if not use_bf16(device, dtype):
+def build_sampler(model: nn.Module, dtype: str) -> nn.Module:
+    """The sampler of one dtype, in eval mode: 'fp32' is the model itself; 'bf16' a bf16 copy,
+    its linear layers prepacked on a CPU."""
+    if dtype == "fp32":
         return model.eval()
     fast = copy.deepcopy(model).to(torch.bfloat16).eval()
-    if device.type == "cpu":
+    if next(model.parameters()).device.type == "cpu":
         pack_for_cpu_decode(fast)
     return fast
+
+
+def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
+    """The model to sample with, in eval mode, carrying its `decode_plan` (the dtype, the decode
+    workers and threads, the rows per decode batch, whether rows are batch-independent), which
+    sample.sample_digits follows. dtype 'auto' takes the plan's dtype on a CPU (a measured
+    decode step, machine.decode_plan) and bf16 on a GPU that has it; 'bf16'/'fp32' force one."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    device = next(model.parameters()).device
+    if device.type == "cpu" and isinstance(model, GPT):
+        plan = machine.decode_plan(model, build_sampler)
+        choice = machine._forced() or (plan["choice"] if dtype == "auto" else dtype)
+        entry = plan.get(choice, {})
+        sampler = build_sampler(model, choice)
+        sampler.decode_plan = {"dtype": choice, "workers": entry.get("workers", 1),
+                               "threads": entry.get("threads"),
+                               "rows": entry.get("rows", machine.MAX_ROWS),
+                               "row_invariant": entry.get("row_invariant", False)}
+        return sampler
+    choice = "bf16" if use_bf16(device, dtype) else "fp32"
+    sampler = build_sampler(model, choice)
+    invariant = machine.rows_independent(sampler) if isinstance(model, GPT) else False
+    sampler.decode_plan = {"dtype": choice, "workers": 1, "threads": None,
+                           "rows": machine.MAX_ROWS, "row_invariant": invariant}
+    return sampler

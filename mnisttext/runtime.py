@@ -2,7 +2,7 @@
 
     from mnisttext import runtime
     device = runtime.resolve_device("auto")          # cuda if present, else cpu; clear errors
-    with runtime.autocast(device, "auto"): ...       # bf16 only where it is faster here
+    with runtime.autocast(device, "auto"): ...       # bf16 only where it measured faster here
     runtime.keep_freed_memory()                      # glibc: no page faults per training step
 
 Everything that depends on the machine rather than on the model lives here, so the model file
@@ -58,8 +58,10 @@ def bf16_capable(device) -> bool:
 
 
 def use_bf16(device, dtype: str = "auto") -> bool:
-    """The dtype decision: 'bf16' / 'fp32' force it; 'auto' picks bf16 on a GPU that has it and,
-    on a CPU, only where a measured bf16 matmul beats fp32 (cpu_dtype_choice)."""
+    """The dtype decision for training and teacher-forced evaluation (autocast): 'bf16' / 'fp32'
+    force it; 'auto' picks bf16 on a GPU that has it and, on a CPU, only where a training step's
+    matmuls measured faster in bf16 (machine.cpu_dtype_choice, timed once and cached). The
+    sampler decides for itself from a timed decode step (packing.prepare_for_sampling)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     device = torch.device(device)

@@ -99,16 +99,18 @@ def generate(model, prefix: list[int], n: int, generator: torch.Generator,
 
 @torch.inference_mode()
 def generate_groups(model, groups: list[Group], settings: SampleSettings = SampleSettings(),
-                    device="cpu", grammar: tk.Grammar | None = None) -> list[torch.Tensor]:
+                    device="cpu", grammar: tk.Grammar | None = None, workers: int = 1) -> list[torch.Tensor]:
     """Several `generate` calls as one batch -> each group's (n, L) tokens, the same tokens as
     each group alone (row results do not depend on the batch: see MIN_ROWS). Prefixes must
     have the same length in tokens.
 
     Each group's prefix runs through the model once (batch 1) and its cache is copied to its n
-    rows; then every step runs all rows at once. A group's uniforms are drawn from its own
-    generator, n per step in row order, for as long as it would run alone: once all its lines
-    are spelled out (BPE lines end at different steps) it draws nothing more, and its rows ride
-    along on ')' and <pad> until the last group ends."""
+    rows; then every step runs all rows at once, split into `workers` slices of rows, each
+    slice's forward in its own thread with one torch thread (see Workers), in lockstep: the
+    sampling, the random numbers and on_step stay in the calling thread. A group's uniforms are
+    drawn from its own generator, n per step in row order, for as long as it would run alone:
+    once all its lines are spelled out (BPE lines end at different steps) it draws nothing
+    more, and its rows ride along on ')' and <pad> until the last group ends."""
     n_sym = codec.n_symbols(settings.bpp)
     grammar = grammar or tk.Grammar.character()
     device = torch.device(device)
@@ -131,12 +133,13 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
         rows_of.append(slice(start, start + n))
         start += n
     Rp = R + pad
+    counts = sizes[:-1] + [sizes[-1] + pad]             # rows holding each group's prefix
     out = torch.full((Rp, max(lengths)), tk.PAD_ID, dtype=torch.long, device=device)
     for g, r in zip(groups, rows_of):
         out[r, :P] = torch.tensor(g.prefix, device=device)
     out[R:, :P] = out[R - 1, :P]
-    remaining = torch.tensor([n_sym - gv for gv, n in zip(given, sizes) for _ in range(n)]
-                             + [n_sym - given[-1]] * pad, dtype=torch.long, device=device)
+    remaining = torch.tensor([n_sym - gv for gv, n in zip(given, counts) for _ in range(n)],
+                             dtype=torch.long, device=device)
     ended = torch.zeros(Rp, dtype=torch.bool, device=device)
     rows = torch.arange(Rp, device=device)
     # prefill: each prefix once, at batch 1 (as a group alone would), then copied to its rows
@@ -145,56 +148,118 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
         cache = model.new_cache(1) if settings.use_cache else None
         logits.append(model(torch.tensor([g.prefix], device=device), kv_cache=cache)[0][:, -1])
         caches.append(cache)
-    counts = sizes[:-1] + [sizes[-1] + pad]
     logits = torch.cat([lg.expand(c, -1) for lg, c in zip(logits, counts)])     # (Rp, V)
-    cache = _join_caches(caches, counts) if settings.use_cache else None
+    slices = _slices(Rp, workers if device.type == "cpu" else 1)
+    slice_caches = [_join_caches(caches, counts, s) for s in slices] if settings.use_cache else None
     active = [True] * len(groups)
     ends = list(lengths)
     t = P
-    while True:
-        allowed, fin = _allowed(body, sym_len, remaining, ended, rows)
-        logits = logits.float()
-        if not bool(torch.isfinite(logits).any(-1).all()) or bool(logits.isnan().any()):
-            raise SamplingError("the model produced NaN or infinite logits: its weights are "
-                                "broken (a diverged or corrupt checkpoint)")
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        u = None
-        if settings.temperature > 0:
-            u = torch.zeros(Rp, 1, device=device)
-            for g, r, a in zip(groups, rows_of, active):
-                if a:
-                    u[r] = torch.rand(g.n, 1, generator=g.generator, device=device)
-        tok = _sample_rows(logits, u, settings.temperature, settings.top_k, settings.top_p)   # (Rp,)
-        out[:, t] = tok
-        remaining -= sym_len[tok]
-        ended |= fin
-        t += 1
-        spelled = remaining == 0
-        for i, (g, r) in enumerate(zip(groups, rows_of)):
-            if not active[i]:
-                continue
-            if g.on_step:
-                g.on_step(t - 1, out[r, :lengths[i]])
-            if bool(spelled[r].all()):        # the rest is ')' (or <pad>), nothing to sample
-                out[r, t] = torch.where(ended[r], tk.PAD_ID, tk.END_ID)
-                active[i], ends[i] = False, t + 1
-        if not any(active):
-            break
-        if cache is not None:
-            logits = model(tok[:, None], kv_cache=cache)[0][:, -1]      # (Rp, V)
-        else:
-            logits = model(out[:, :t])[0][:, -1]                        # (Rp, V)
+    with Workers(len(slices)) as pool:
+        while True:
+            allowed, fin = _allowed(body, sym_len, remaining, ended, rows)
+            logits = logits.float()
+            if not bool(torch.isfinite(logits).any(-1).all()) or bool(logits.isnan().any()):
+                raise SamplingError("the model produced NaN or infinite logits: its weights are "
+                                    "broken (a diverged or corrupt checkpoint)")
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            u = None
+            if settings.temperature > 0:
+                u = torch.zeros(Rp, 1, device=device)
+                for g, r, a in zip(groups, rows_of, active):
+                    if a:
+                        u[r] = torch.rand(g.n, 1, generator=g.generator, device=device)
+            tok = _sample_rows(logits, u, settings.temperature, settings.top_k, settings.top_p)   # (Rp,)
+            out[:, t] = tok
+            remaining -= sym_len[tok]
+            ended |= fin
+            t += 1
+            spelled = remaining == 0
+            for i, (g, r) in enumerate(zip(groups, rows_of)):
+                if not active[i]:
+                    continue
+                if g.on_step:
+                    g.on_step(t - 1, out[r, :lengths[i]])
+                if bool(spelled[r].all()):        # the rest is ')' (or <pad>), nothing to sample
+                    out[r, t] = torch.where(ended[r], tk.PAD_ID, tk.END_ID)
+                    active[i], ends[i] = False, t + 1
+
+            if not any(active):
+                break
+
+            def forward(i, t=t, tok=tok):                  # one slice of rows -> (rows, V)
+                s = slices[i]
+                if slice_caches is not None:
+                    return model(tok[s, None], kv_cache=slice_caches[i])[0][:, -1]
+                return model(out[s, :t])[0][:, -1]
+
+            logits = torch.cat(pool.map(forward, range(len(slices))))             # (Rp, V)
     return [out[r, :e] for r, e in zip(rows_of, ends)]
 
 
-def _join_caches(caches, counts):
-    """One cache for all rows: cache i copied to counts[i] rows."""
-    if len(caches) == 1:
-        return caches[0].expand(counts[0])
-    join = getattr(type(caches[0]), "cat", None)
+def _slices(rows: int, workers: int) -> list[slice]:
+    """`workers` contiguous slices of rows (fewer where a slice would have under MIN_ROWS)."""
+    w = max(1, min(workers, rows // MIN_ROWS))
+    b = [rows * i // w for i in range(w + 1)]
+    return [slice(b[i], b[i + 1]) for i in range(w)]
+
+
+def _join_caches(caches, counts, rows: slice):
+    """The cache of rows[start:stop] of the batch whose first counts[0] rows continue caches[0],
+    the next counts[1] caches[1], and so on."""
+    parts, start = [], 0
+    for c, n in zip(caches, counts):
+        lo, hi = max(start, rows.start), min(start + n, rows.stop)
+        if hi > lo:
+            parts.append((c, hi - lo))
+        start += n
+    if len(parts) == 1:
+        return parts[0][0].expand(parts[0][1])
+    join = getattr(type(parts[0][0]), "cat", None)
     if join is None:
-        raise TypeError(f"{type(caches[0]).__name__} cannot join the caches of several prefixes")
-    return join(caches, counts)
+        raise TypeError(f"{type(parts[0][0]).__name__} cannot join the caches of several prefixes")
+    return join([c for c, _ in parts], [n for _, n in parts])
+
+
+class Workers:
+    """A decode step's forwards of several row slices at once: slice 0 in the calling thread,
+    the others in threads of a pool, every thread (the calling one too, for the duration) with
+    one torch thread. torch ops release the GIL, so the slices run in parallel; unlike torch's
+    own threads (OpenMP, a barrier after every op) a slice never waits for another mid-step, so
+    a core shared with another process slows one slice, not every op (docs/performance.md)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.pool = None
+
+    def __enter__(self):
+        if self.n > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self.old = torch.get_num_threads()
+            torch.set_num_threads(1)
+            self.pool = ThreadPoolExecutor(self.n - 1, initializer=_one_torch_thread)
+        return self
+
+    def map(self, fn, items) -> list:
+        items = list(items)
+        if self.pool is None:
+            return [fn(i) for i in items]
+        futures = [self.pool.submit(_inference, fn, i) for i in items[1:]]
+        first = fn(items[0])
+        return [first] + [f.result() for f in futures]
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown()
+            torch.set_num_threads(self.old)
+
+
+def _one_torch_thread():
+    torch.set_num_threads(1)
+
+
+def _inference(fn, i):
+    with torch.inference_mode():             # thread-local: the pool's threads need their own
+        return fn(i)
 
 
 def _check_settings(settings: SampleSettings) -> None:
@@ -245,11 +310,13 @@ def digit_seed(seed: int, digit: int) -> int:
 DEFAULT_ROWS = 1024      # rows per decode batch where the model carries no measured plan
 
 
-def batch_rows(model) -> tuple[int, bool]:
-    """(rows per decode batch, whether groups may share a batch) for this sampler: its measured
-    plan (packing.prepare_for_sampling attaches one), else DEFAULT_ROWS."""
+def _plan(model) -> dict:
+    """The sampler's decode plan (packing.prepare_for_sampling attaches one): rows per batch,
+    whether groups may share a batch, workers and torch threads; defaults for a bare model."""
     plan = getattr(model, "decode_plan", None) or {}
-    return int(plan.get("rows", DEFAULT_ROWS)), bool(plan.get("row_invariant", True))
+    return {"rows": int(plan.get("rows") or DEFAULT_ROWS),
+            "together": bool(plan.get("row_invariant", True)),
+            "workers": int(plan.get("workers") or 1), "threads": int(plan.get("threads") or 0)}
 
 
 def _batches(idx: list[int], sizes: list[int], rows: int, together: bool):
@@ -267,38 +334,41 @@ def _batches(idx: list[int], sizes: list[int], rows: int, together: bool):
 
 
 def _run(model, groups, settings, device, grammar):
-    """generate_groups over batches sized by the sampler's plan, in the decode threads it
-    chose; prefixes of different lengths go in different batches."""
-    rows, together = batch_rows(model)
+    """generate_groups over batches sized by the sampler's plan, with its workers and threads;
+    prefixes of different lengths go in different batches."""
+    plan = _plan(model)
+    together = plan["together"]
     if settings.use_cache and not hasattr(type(model.new_cache(1)), "cat"):
         together = False                  # a cache that cannot join others (the GRU's)
     by_len: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         by_len.setdefault(len(g.prefix), []).append(i)
+    workers = max(1, min(plan["workers"], torch.get_num_threads()))
     out = [None] * len(groups)
     with decode_threads(model):
         for idx in by_len.values():
-            for batch in _batches(idx, [groups[i].n for i in idx], rows, together):
-                toks = generate_groups(model, [groups[i] for i in batch], settings, device, grammar)
+            for batch in _batches(idx, [groups[i].n for i in idx], plan["rows"], together):
+                toks = generate_groups(model, [groups[i] for i in batch], settings, device,
+                                       grammar, workers)
                 for i, t in zip(batch, toks):
                     out[i] = t
     return out
 
 
 class decode_threads:
-    """Run the block with the torch CPU threads the sampler's plan chose, then restore them."""
+    """Run the block with the torch CPU threads the sampler's plan chose where that is fewer
+    than now (a caller's own limit stands), then restore them."""
 
     def __init__(self, model):
-        plan = getattr(model, "decode_plan", None) or {}
-        self.n = int(plan.get("threads") or 0)
+        self.n = _plan(model)["threads"]
 
     def __enter__(self):
         self.old = torch.get_num_threads()
-        if self.n and self.n != self.old:
+        if 0 < self.n < self.old:
             torch.set_num_threads(self.n)
 
     def __exit__(self, *exc):
-        if self.n and self.n != self.old:
+        if torch.get_num_threads() != self.old:
             torch.set_num_threads(self.old)
 
 

@@ -23,11 +23,15 @@ def to_levels(image) -> np.ndarray:
     if hasattr(image, "convert") and hasattr(image, "size"):       # a PIL image
         image = np.asarray(image.convert("L"))
     a = np.asarray(image)
+    if a.dtype.kind not in "biuf":
+        raise codec.CodecError(f"image: expected numbers, got an array of {a.dtype}")
     if a.shape == (28, 28):
+        if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 255):
+            raise codec.CodecError("image: a 28x28 grayscale image must hold values 0..255")
         return codec.quantize(a.astype(np.uint8))[0]
     if a.shape != (codec.SIDE, codec.SIDE):
         raise codec.CodecError(f"image: expected 28x28 grayscale or 30x30 binary, got shape {a.shape}")
-    if a.size and (a.min() < 0 or a.max() > 1):
+    if not np.isin(a, (0, 1)).all():
         raise codec.CodecError("image: a 30x30 image must hold 0/1 pixels")
     return a.astype(np.uint8)
 

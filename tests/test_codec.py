@@ -129,3 +129,21 @@ def test_partial_decode_pads_with_zeros():
 def test_codec_imports_no_torch():
     code = "import sys, mnisttext.codec; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_bpp_of_length_refuses_lengths_of_no_line():
+    assert [codec.bpp_of_length(codec.line_length(b)) for b in range(1, 7)] == list(range(1, 7))
+    for n in (0, 100, 151, 2000):
+        with pytest.raises(codec.CodecError, match=f"length {n}: no line"):
+            codec.bpp_of_length(n)
+
+
+@pytest.mark.parametrize("image,words", [
+    (np.full((30, 30), 0.5), "0/1 pixels"), (np.full((30, 30), 2), "0/1 pixels"),
+    (np.full((28, 28), np.nan), "0..255"), (np.full((28, 28), 300), "0..255"),
+    (np.full((28, 28), -1), "0..255"), (np.full((28, 28), "a"), "expected numbers"),
+    (np.zeros((29, 29)), "shape")])
+def test_text_encode_refuses_what_it_would_silently_wrap(image, words):
+    from mnisttext import text
+    with pytest.raises(codec.CodecError, match=words):
+        text.encode(image, 3)

@@ -116,3 +116,93 @@ def _ok(line):
         return True
     except codec.CodecError:
         return False
+
+
+def _idx_file(path, arr, magic=None):
+    arr = np.asarray(arr, np.uint8)
+    head = (magic if magic is not None else 0x800 + arr.ndim).to_bytes(4, "big")
+    path.write_bytes(head + b"".join(s.to_bytes(4, "big") for s in arr.shape) + arr.tobytes())
+
+
+def test_read_idx_names_the_file_and_what_is_wrong(tmp_path):
+    p = tmp_path / "x-idx3-ubyte"
+    _idx_file(p, np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256)
+    a = data.read_idx(p, 3)
+    assert a.shape == (2, 28, 28) and int(a[1, 27, 27]) == (2 * 784 - 1) % 256
+    for content, words in [(b"", "not even a header"), (b"\x00\x00\x08\x03" + b"\x00" * 8, "not even a header"),
+                           (p.read_bytes()[:-1], "truncated"), (p.read_bytes() + b"!", "trailing bytes")]:
+        (tmp_path / "bad").write_bytes(content)
+        with pytest.raises(data.DataError, match=f"bad: .*{words}"):
+            data.read_idx(tmp_path / "bad", 3)
+    _idx_file(tmp_path / "bad", np.zeros((1, 28, 28)), magic=0x0801)
+    with pytest.raises(data.DataError, match="magic number 0x00000801, expected 0x00000803"):
+        data.read_idx(tmp_path / "bad", 3)
+    (tmp_path / "huge").write_bytes(b"\x00\x00\x08\x03" + (2**31).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+    with pytest.raises(data.DataError, match="truncated"):      # the size is checked, nothing read
+        data.read_idx(tmp_path / "huge", 3)
+    with pytest.raises(data.DataError, match="is a folder"):
+        data.read_idx(tmp_path, 3)
+
+
+def test_dynamic_export_draws_as_one_array_does(tmp_path):
+    """Export writes a split in chunks; the Bernoulli draw must not depend on the chunking."""
+    raw = tmp_path / "root" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    images = {True: rng.integers(0, 256, (25, 28, 28)), False: rng.integers(0, 256, (7, 28, 28))}
+    for train, (img, lab) in data.IDX_FILES.items():
+        _idx_file(raw / img, images[train])
+        _idx_file(raw / lab, np.arange(len(images[train])) % 10)
+    old = data.CHUNK
+    try:
+        data.CHUNK = 4
+        data.export(tmp_path / "root", tmp_path / "c", binarize="dynamic", binarize_seed=3)
+    finally:
+        data.CHUNK = old
+    want = codec.encode_bytes(data.stochastic_binarize(images[True].astype(np.uint8), [3, 0]),
+                              np.arange(25) % 10, 1)
+    assert (tmp_path / "c" / "train.txt").read_bytes() == want
+
+
+def test_raw_lines_bounds_every_line(tmp_path):
+    import io
+    f = io.BytesIO(data.BOM + b"ab\r\n" + b"x" * 10_000 + b"\nlast")
+    assert list(data.raw_lines(f, max_line=100)) == [(1, b"ab", False), (2, b"x" * 100, True),
+                                                     (3, b"last", False)]
+
+    class Endless(io.RawIOBase):          # /dev/zero: no newline, ever
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            b[:] = b"\0" * len(b)
+            return len(b)
+
+    lines = data.raw_lines(io.BufferedReader(Endless()), max_line=100)
+    assert [next(lines)[2] for _ in range(3)] == [True] * 3       # it still yields
+
+
+def test_read_lines_streams_and_names_the_line(tmp_path):
+    p = tmp_path / "test.txt"
+    p.write_bytes(b"a\nb\n\xff\n")
+    assert data.read_lines(p, limit=2) == ["a", "b"]       # the bad third line is never read
+    with pytest.raises(data.DataError, match="test.txt:3: not ASCII"):
+        data.read_lines(p)
+    p.write_bytes(b"a" * 10_000)
+    with pytest.raises(data.DataError, match="test.txt:1: a line over"):
+        data.read_lines(p)
+
+
+def test_tokenizer_check_refuses_other_vocabularies(tmp_path):
+    import json
+    from tokenizers import Tokenizer, models
+    tk.check(tk.build())
+    tk.check(tk.train_bpe((CORPUS / "test.txt").read_text().splitlines()[:300], 100))
+    foreign = Tokenizer(models.WordLevel({f"w{i}": i for i in range(75)} | {"<pad>": 75}, unk_token="<pad>"))
+    with pytest.raises(ValueError, match="token 0 is 'w0'"):
+        tk.check(foreign, "x/tokenizer.json")
+    t = json.loads(tk.build().to_str())
+    t["model"]["vocab"]["7"], t["model"]["vocab"]["8"] = 8, 7            # two ids swapped
+    (tmp_path / "tokenizer.json").write_text(json.dumps(t))
+    with pytest.raises(ValueError, match="tokenizer.json: token 7 is '8'"):
+        tk.load(tmp_path / "tokenizer.json")

@@ -26,7 +26,7 @@ from ..progress import bar, console
 from .common import (OUTPUTS, UsageError, command, error, int_range, path_arg, writable_dir,
                      writable_file)
 
-BLOCK = 4096             # lines decoded at a time
+BLOCK = 1024             # lines decoded at a time
 GRID_MAX = 10_000        # images in one --grid picture
 GRID_PIXELS = 64_000_000  # and pixels in it (one byte each, while it is built and saved)
 SHOWN_ERRORS = 20        # malformed lines reported one by one; the rest are counted
@@ -190,7 +190,7 @@ def cmd_decode(args) -> int:
                                  f"pass --limit, a smaller --scale, or drop --grid")
         elif len(good):
             _save_pngs(levels, [out / f"{tally.lines + n:05d}_{d}.png" for n, d in zip(good, labels)],
-                       args, out, tally)
+                       args, out)
         tally.lines += len(block)
     return _decode_summary(args, out, tally, grid)
 
@@ -235,13 +235,13 @@ def _bpp_hint(length, bpp: int) -> str:
     return f"not a file of lines of the format (at --bpp {bpp})"
 
 
-def _save_pngs(levels, paths, args, out: Path, tally: Tally) -> None:
-    try:
-        for lv, p in zip(levels, paths):
+def _save_pngs(levels, paths, args, out: Path) -> None:
+    for lv, p in zip(levels, paths):
+        try:
             Image.fromarray(_gray(lv, args.bpp).repeat(args.scale, 0).repeat(args.scale, 1)).save(p)
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot write {Path(e.filename or paths[0]).name} "
-                         f"({e.strerror or e}); the images before it were written") from None
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write {p.name} ({e.strerror or e}); the "
+                             f"images before it were written") from None
 
 
 def _decode_summary(args, out, tally: Tally, grid) -> int:
