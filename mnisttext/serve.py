@@ -64,7 +64,7 @@ class _Cancelled(Exception):
 
 def _fastapi():
     try:
-        import fastapi
+        import fastapi  # the optional [serve] extra: imported only when serving
         import pydantic  # noqa: F401  (the request schemas)
     except ImportError as e:
         raise ImportError(f"{INSTALL_HINT} ({e})") from None
@@ -121,9 +121,9 @@ def _schemas():
     # Built on first use so that importing this module needs no pydantic. FastAPI reads these
     # annotations at route definition, so this module must not use `from __future__ import
     # annotations` (string annotations would be looked up in module globals and not found).
-    from typing import Optional
+    from typing import Optional  # only these schemas use it
 
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field  # the optional [serve] extra: imported only when serving
 
     class Body(BaseModel):
         model_config = ConfigDict(extra="forbid")      # a misspelt field is an error, not ignored
@@ -164,7 +164,7 @@ def _schemas():
 
 def png_b64(levels: np.ndarray, scale: int = PNG_SCALE) -> str:
     """(30, 30) 0/1 levels -> base64 PNG, white ink on black as in MNIST, upscaled."""
-    from PIL import Image
+    from PIL import Image  # pillow: only the PNG helpers need it
     big = np.kron(np.asarray(levels, dtype=np.uint8) * 255, np.ones((scale, scale), np.uint8))
     buf = io.BytesIO()
     Image.fromarray(big).save(buf, format="PNG", optimize=True)        # uint8 2-D: mode L
@@ -237,7 +237,7 @@ def create_app(model, examples: list[str] | None = None, max_queue: int = 64,
     max_queue: model calls allowed to wait (more get 503); max_candidates: per generate request
     (and never more than model.max_candidates): 256 take ~5 s of the model on two cores."""
     fastapi = _fastapi()
-    from fastapi.staticfiles import StaticFiles
+    from fastapi.staticfiles import StaticFiles  # the optional [serve] extra: imported only when serving
 
     worker = ModelWorker(model, max_queue)
 
@@ -264,14 +264,14 @@ def create_app(model, examples: list[str] | None = None, max_queue: int = 64,
 
 def _error(status: int, message: str, field: str | None, headers=None, **extra):
     """The one error shape: {"error": message, "field": name or null, ...extra}."""
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse  # the optional [serve] extra: imported only when serving
     return JSONResponse({"error": message, "field": field, **extra}, status_code=status,
                         headers=headers)
 
 
 def _add_error_handlers(app) -> None:
-    from fastapi.exceptions import RequestValidationError
-    from starlette.exceptions import HTTPException
+    from fastapi.exceptions import RequestValidationError  # the optional [serve] extra: imported only when serving
+    from starlette.exceptions import HTTPException  # the optional [serve] extra: imported only when serving
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -375,7 +375,7 @@ def _complete_kwargs(body) -> tuple[dict, int]:
 
 def _add_model_routes(app, worker: ModelWorker, model) -> None:
     Generate, Image, Complete, _, _ = _schemas()
-    from fastapi.responses import FileResponse
+    from fastapi.responses import FileResponse  # the optional [serve] extra: imported only when serving
 
     @app.get("/", include_in_schema=False)
     async def index():
@@ -427,7 +427,7 @@ def _add_model_routes(app, worker: ModelWorker, model) -> None:
 
 def _examples(app) -> list[str]:
     if app.state.examples is None:
-        from .api import examples
+        from .api import examples  # torch comes with it: only when a model is served
         app.state.examples = list(examples())
     return app.state.examples
 
@@ -457,7 +457,7 @@ def _add_codec_routes(app) -> None:
 
 def _add_stream_routes(app, worker: ModelWorker, model) -> None:
     Generate, _, Complete, _, _ = _schemas()
-    from fastapi import Request
+    from fastapi import Request  # the optional [serve] extra: imported only when serving
 
     @app.post("/api/stream/generate")
     async def stream_generate(body: Generate, request: Request):
@@ -478,7 +478,7 @@ def _add_stream_routes(app, worker: ModelWorker, model) -> None:
 def _stream(request, worker: ModelWorker, fn, kwargs: dict, start: dict, to_json):
     """Run fn(on_step=...) on the worker; stream `start`, then `rows` after every pixel row,
     then `result` (or `error`) as server-sent events. A client that goes away stops the model."""
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import StreamingResponse  # the optional [serve] extra: imported only when serving
 
     loop = asyncio.get_running_loop()
     steps: asyncio.Queue = asyncio.Queue()
@@ -575,7 +575,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, bind, print the URL and serve until Ctrl-C. Returns the exit status."""
     try:
         _fastapi()
-        import uvicorn
+        import uvicorn  # the optional [serve] extra: imported only when serving
     except ImportError:
         print(f"mnisttext serve: {INSTALL_HINT}", file=sys.stderr)
         return 2
@@ -589,7 +589,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"mnisttext serve: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
               file=sys.stderr)
         return 2
-    from .api import load
+    from .api import load  # torch comes with it: only when a model is served
     t0 = time.perf_counter()
     try:
         model = load(args.checkpoint, args.classifier, args.device, args.dtype)
