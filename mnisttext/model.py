@@ -280,7 +280,7 @@ class CausalSelfAttention(nn.Module):
             p = cache.pos
             k, v = cache.write(layer, k, v)                      # (B, nkv, p+T, hs)
         # no dropout on the attention weights: it would force the slow math kernel on CPU
-        if p > 0 and T == 1 and nkv == nh:
+        if p > 0 and T == 1:    # (with nkv < nh, query head h reads key/value head h // (nh / nkv))
             y = cache.attend_one(layer, q)                       # (B, nh, 1, hs)
         else:
             if nkv != nh:     # each group of nh / nkv query heads reads one key/value head
@@ -289,7 +289,7 @@ class CausalSelfAttention(nn.Module):
                 y = causal_attention(q, k, v)                    # (B, nh, T, hs)
             elif p == 0:
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
-            else:   # a chunk (or, with nkv < nh, one token) after a prefix: query i sees keys up to p + i
+            else:   # a chunk after a prefix: query i sees keys up to p + i
                 mask = torch.ones(T, p + T, dtype=torch.bool, device=x.device).tril(diagonal=p)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)          # (B, T, C)
