@@ -373,9 +373,11 @@ def mnisttext_command() -> list[str]:
 
 
 @pytest.mark.slow
-def test_no_traceback_from_the_installed_command(world):
+def test_no_traceback_from_the_installed_command(tmp_path):
     """The catalog's decode and export cases (which run without torch: fast) and every tenth of
-    the others, as the `mnisttext` command; none writes near the shipped files."""
+    the others, as the `mnisttext` command, in a world of their own (the in-process cases have
+    made some outputs already); none writes near the shipped files."""
+    world = make_world(tmp_path)
     light = [c for c in CASES if c[0][:1] in (["decode"], ["export"])]
     heavy = [c for c in CASES if c not in light][::10]
     for argv, expect in light + heavy:
