@@ -1,13 +1,13 @@
 """The main job's speed: `generate --digits 0-9` (64 candidates a digit, reranked) with the shipped
 model, against the FLOP floor, against the matmul peak, and against the previous release.
 
-    python benchmarks/sample_speed.py                   # everything, in one run (~2 min, CPU)
+    python benchmarks/sample_speed.py                   # everything, in one run (~1.5 min, CPU)
     python benchmarks/sample_speed.py --no-old          # without the old release
-    python benchmarks/sample_speed.py --checkpoint runs/x/best --candidates 32
+    python benchmarks/sample_speed.py --checkpoint runs/x/best --candidates 32 --no-cache-repeats 1
 
 In one run, on this machine:
-- the decode plan is measured afresh (machine.decode_plan: dtype, threads, rows per batch), as a
-  first use would, and its cost reported;
+- the decode plan is measured afresh (machine.decode_plan: dtype, workers and threads, the keys'
+  and values' storage, rows per batch), as a first use would, and its cost reported;
 - all ten digits in one decode, reranked (what `generate --digits 0-9` does after loading), timed
   --repeats times;
 - each digit alone (64 candidates + rerank), whose lines must equal the batched run's: the seed
@@ -15,8 +15,8 @@ In one run, on this machine:
 - the old release (git commit --old-commit, its own CLI in a subprocess from a temporary
   `git archive`), its "N digits in X s" line, --old-repeats times, interleaved with the above;
 - the FLOP floor, 2 x params x generated tokens over the best matmul peak of this run (fp32 or
-  bf16, whichever is faster here, on the decode's threads), the ratio to it, and the fraction of
-  that peak the decode achieves.
+  bf16, whichever is faster here, square matmuls on all cores), the ratio to it, and the fraction
+  of that peak the decode achieves.
 Timings are wall clock; every printed figure names the CPU. Results go to benchmarks/history.jsonl.
 """
 from __future__ import annotations
@@ -80,6 +80,8 @@ def main():
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="sampler dtype")
     ap.add_argument("--keep-plan", action="store_true", help="use the cached decode plan, do not re-measure")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--no-cache-repeats", type=int, default=0,
+                    help="also time one digit this many times without the KV cache (recomputing the prefix)")
     a = ap.parse_args()
     cpu = cpu_name()
     digits = list(range(10))
@@ -125,12 +127,19 @@ def main():
                     dt, alone = job([d])
                     single[d] = (dt, alone[d] == lines_batched[d])
 
+    no_cache = []
+    for rep in range(a.no_cache_repeats):
+        t = time.perf_counter()
+        sample.sample_digits(sampler, [3], a.candidates, sample.SampleSettings(0.8, use_cache=False, bpp=bpp),
+                             a.seed, "cpu", grammar)
+        no_cache.append(time.perf_counter() - t)
     identical = all(same for _, same in single.values())
     one = statistics.median(dt for dt, _ in single.values())
     med = statistics.median(batched)
     threads = plan.get("threads") or torch.get_num_threads()
-    with sample.decode_threads(sampler):
-        peaks = {d: matmul_peak(dt, "cpu") for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    workers = plan.get("workers") or 1
+    # the machine's peak: square matmuls on all its cores (torch's threads), both dtypes
+    peaks = {d: matmul_peak(dt, "cpu") for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     peak_dtype = max(peaks, key=peaks.get)
     peak = peaks[peak_dtype]
     n = model.num_params()
@@ -140,7 +149,7 @@ def main():
     old_med = statistics.median(o["generate_s"] for o in old) if old else None
     res = {"checkpoint": a.checkpoint, "cpu": cpu, "params": n, "candidates": a.candidates,
            "digits": len(digits), "native_attention": native, "native_build_s": native_s,
-           "plan": plan, "plan_s": plan_s, "threads": threads,
+           "plan": plan, "plan_s": plan_s, "threads": threads, "workers": workers,
            "ten_digits_s": med, "ten_digits_runs_s": batched,
            "one_digit_median_s": one, "one_digit_s": {d: dt for d, (dt, _) in single.items()},
            "identical_batched_vs_alone": identical,
@@ -149,9 +158,11 @@ def main():
            "fraction_of_peak": floor / med,
            "old_commit": None if not old else a.old_commit, "old_runs": old,
            "old_ten_digits_s": old_med, "speedup_vs_old": old_med / med if old_med else None,
+           "no_cache_one_digit_s": no_cache,
            "machine": machine("cpu")}
     rows = [("CPU", f"{cpu}, {res['machine']['cpus']} cores"),
-            ("decode plan", f"{plan['dtype']}, {threads} thread(s), up to {plan['rows']} rows a batch, "
+            ("decode plan", f"{plan['dtype']} ({plan.get('kv', 'model')} keys/values), {workers} worker(s) "
+                            f"x {threads} thread(s), up to {plan['rows']} rows a batch, "
                             f"rows batch-independent: {plan['row_invariant']}"),
             ("plan measured in s (first use)", plan_s),
             ("native attention kernel", native),
@@ -161,7 +172,7 @@ def main():
             ("batched lines == each digit alone", identical),
             ("FLOP floor s (2 x params x tokens / peak)", floor),
             ("ratio to floor", med / floor),
-            (f"matmul peak TFLOP/s (fp32 / bf16, {threads} thread(s))",
+            (f"matmul peak TFLOP/s (fp32 / bf16, {torch.get_num_threads()} threads)",
              f"{peaks['fp32'] / 1e12:.3f} / {peaks['bf16'] / 1e12:.3f}"),
             (f"fraction of the {peak_dtype} peak achieved", floor / med)]
     if old:
@@ -169,6 +180,8 @@ def main():
                  ("  runs (its line / whole process)",
                   ", ".join(f"{o['generate_s']:.2f}/{o['process_s']:.2f}" for o in old)),
                  ("speed-up over the old release", old_med / med)]
+    if no_cache:
+        rows.append(("one digit without the KV cache, s (median)", statistics.median(no_cache)))
     print_table(f"generate --digits 0-9, {a.candidates} candidates + rerank, shipped model, on {cpu}", rows)
     record("sample_speed", res)
     if not identical:

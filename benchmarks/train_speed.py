@@ -1,13 +1,17 @@
 """Training throughput and model FLOPs utilisation (MFU) of the seed architecture.
 
-    python benchmarks/train_speed.py                     # CPU, bf16 autocast where available
+    python benchmarks/train_speed.py                     # CPU, the dtype the trainer picks here
     python benchmarks/train_speed.py --procs 2           # DDP: one process per core (gloo)
     python benchmarks/train_speed.py --device cuda --batch-size 256
 
-MFU = 6 * params * tokens/s / (matmul peak), the peak measured by this script, in this run, at
-the same dtype (square matmuls), before and after the timed steps (the higher of the two). With
---procs N every process measures its peak at the same moment, with its own threads, and the
-peaks are summed: the machine's peak as the run uses it.
+The dtype is the trainer's: --dtype auto asks runtime.use_bf16 (bf16 only where a training
+step's matmuls measured faster in bf16 on this machine, machine.cpu_dtype_choice). MFU =
+6 * params * tokens/s / (matmul peak), the peak measured by this script, in this run, in BOTH
+dtypes (square matmuls), before and after the timed steps, and the highest taken: the machine's
+best peak, so a run in the slower dtype cannot look efficient (divided by its own slow peak it
+would). The run's own dtype's peak is reported beside it. With --procs N every process measures
+its peaks at the same moment, with its own threads, and the peaks are summed: the machine's peak
+as the run uses it.
 Random tokens: speed does not depend on the data. The step is the trainer's (train.train_step:
 micro-batches, fused AdamW, gradient clipping, as in the default recipe; `--recipe seed` itself
 uses Adam without clipping), with the preset's dropout and the trainer's malloc settings.
@@ -21,9 +25,9 @@ import time
 import torch
 import torch.distributed as dist
 
-from common import machine, matmul_peak, print_table, record, sync
-from mnisttext.evaluate import bf16_supported
+from common import cpu_name, machine, matmul_peak, print_table, record, sync
 from mnisttext.model import PRESETS, GPTConfig, GPT
+from mnisttext.runtime import use_bf16 as runtime_use_bf16
 from mnisttext.train import RECIPES, keep_freed_memory, make_optimizer, train_step
 
 
@@ -38,7 +42,7 @@ def measure(a, rank=0, world=1) -> dict:
     if a.gelu is not None:
         cfg.gelu = a.gelu
     model = GPT(cfg).to(a.device).train()
-    use_bf16 = a.dtype == "bf16" or (a.dtype == "auto" and bf16_supported(a.device))
+    use_bf16 = runtime_use_bf16(a.device, a.dtype)
     fwd = torch.compile(model) if a.compile else model          # wrapped as the trainer does
     if world > 1:
         fwd = torch.nn.parallel.DistributedDataParallel(fwd)
@@ -53,12 +57,15 @@ def measure(a, rank=0, world=1) -> dict:
         if world > 1:
             dist.barrier()
 
-    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    def peaks():        # both dtypes: fp32 and bf16
+        return torch.tensor([matmul_peak(torch.float32, a.device), matmul_peak(torch.bfloat16, a.device)],
+                            dtype=torch.float64)
+
     for _ in range(a.warmup):
         step()
     sync(a.device)
     barrier()
-    before = matmul_peak(dtype, a.device)
+    before = peaks()
     barrier()
     t = time.perf_counter()
     for _ in range(a.steps):
@@ -66,12 +73,13 @@ def measure(a, rank=0, world=1) -> dict:
     sync(a.device)
     barrier()
     dt = (time.perf_counter() - t) / a.steps
-    # the peak is measured before and after the timed steps and the higher one kept: a slow
+    # the peaks are measured before and after the timed steps and the higher ones kept: a slow
     # moment of the machine during one measurement cannot inflate the MFU
-    peak = torch.tensor([max(before, matmul_peak(dtype, a.device))], dtype=torch.float64)
+    peak = torch.maximum(before, peaks())
     if world > 1:
         dist.all_reduce(peak)     # every rank measured at once: the peak of the whole machine
-    return {"dt": dt, "peak": float(peak), "params": model.num_params(), "use_bf16": use_bf16,
+    return {"dt": dt, "peak_fp32": float(peak[0]), "peak_bf16": float(peak[1]),
+            "params": model.num_params(), "use_bf16": use_bf16,
             "tokens_per_step": a.batch_size * (cfg.block_size - 1), "threads": torch.get_num_threads()}
 
 
@@ -125,23 +133,29 @@ def main():
             torch.set_num_threads(a.threads)
         m = measure(a)
     tok_s = m["tokens_per_step"] / m["dt"]
-    n, peak = m["params"], m["peak"]
-    mfu = 6 * n * tok_s / peak
+    n = m["params"]
     dtype = "bf16" if m["use_bf16"] else "fp32"
+    peak = max(m["peak_fp32"], m["peak_bf16"])           # the machine's best: MFU's divisor
+    best = "bf16" if m["peak_bf16"] >= m["peak_fp32"] else "fp32"
+    mfu = 6 * n * tok_s / peak
     res = {"preset": a.preset, "batch_size": a.batch_size, "procs": a.procs, "dtype": dtype,
            "compile": a.compile, "malloc": a.malloc if a.device == "cpu" else None,
            "grad_accum": a.grad_accum,
            "dropout": a.dropout if a.dropout is not None else PRESETS[a.preset].get("dropout"),
            "gelu": a.gelu or GPTConfig(**PRESETS[a.preset]).gelu,
            "params": n, "tokens_per_s": tok_s, "seconds_per_step": m["dt"],
-           "model_tflops": 6 * n * tok_s / 1e12, "peak_tflops": peak / 1e12, "mfu": mfu,
+           "model_tflops": 6 * n * tok_s / 1e12, "peak_tflops": peak / 1e12, "peak_dtype": best,
+           "peak_fp32_tflops": m["peak_fp32"] / 1e12, "peak_bf16_tflops": m["peak_bf16"] / 1e12,
+           "mfu": mfu, "mfu_vs_own_dtype_peak": 6 * n * tok_s / m[f"peak_{dtype}"],
            "machine": dict(machine(a.device), threads=m["threads"] * a.procs)}
-    print_table(f"train speed ({a.preset}, {dtype}, {a.device}, {a.procs} process(es))",
+    print_table(f"train speed ({a.preset}, {dtype}, {a.device}, {a.procs} process(es)) on {cpu_name()}",
                 [("params", n), ("batch", a.batch_size), ("processes", a.procs),
                  ("micro-batches per process", a.grad_accum),
                  ("threads per process", m["threads"]), ("tokens/s", tok_s),
                  ("s/step", m["dt"]), ("model TFLOP/s (6N)", res["model_tflops"]),
-                 ("measured matmul peak TFLOP/s", res["peak_tflops"]), ("MFU", mfu)])
+                 ("matmul peak TFLOP/s fp32 / bf16", f"{m['peak_fp32'] / 1e12:.3f} / {m['peak_bf16'] / 1e12:.3f}"),
+                 (f"MFU (of the best peak, {best})", mfu),
+                 (f"  of the {dtype} peak alone (not a measure of efficiency)", res["mfu_vs_own_dtype_peak"])])
     record("train_speed", res)
 
 

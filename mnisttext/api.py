@@ -64,6 +64,7 @@ class Model:
         self.lock = threading.Lock()
 
     def settings(self, temperature=0.8, top_k=None, top_p=None) -> sample.SampleSettings:
+        check_top(top_k, top_p)
         return sample.SampleSettings(check_temperature(temperature), top_k, top_p, True, self.bpp)
 
     def generate_many(self, digits, candidates=64, keep=8, temperature=0.8, top_k=None,
@@ -168,9 +169,19 @@ def check_digit(d) -> int:
 
 
 def check_temperature(t) -> float:
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t < 0:
-        raise ValueError(f"temperature: expected a finite number >= 0, got {t!r}")
+    """0 (greedy) or 0.001..100: beyond those the softmax underflows or overflows."""
+    ok = not isinstance(t, bool) and isinstance(t, (int, float)) and np.isfinite(t)
+    if not ok or not (t == 0 or 0.001 <= t <= 100):
+        raise ValueError(f"temperature: expected 0 (greedy) or a number in 0.001..100, got {t!r}")
     return float(t)
+
+
+def check_top(top_k, top_p) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ValueError(f"top_k: expected an integer >= 0, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 1e-6 <= top_p <= 1):
+        raise ValueError(f"top_p: expected a number in 1e-6..1, got {top_p!r}")
 
 
 def load(checkpoint_dir=None, classifier=None, device="auto", dtype="auto") -> Model:

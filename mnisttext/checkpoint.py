@@ -70,6 +70,8 @@ def write_dir(path, tensors: dict[str, dict[str, torch.Tensor]], jsons: dict[str
     tensors: {file name: {tensor name: tensor}} saved as safetensors; jsons: {file name: object};
     files: {file name: text}. Refuses to replace a folder that is not a checkpoint."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: exists and is not a folder; not replacing it")
     if path.is_dir() and not (path / "config.json").exists() and any(path.iterdir()):
         raise CheckpointError(f"{path}: exists and is not a checkpoint folder; not replacing it")
     path.parent.mkdir(parents=True, exist_ok=True)

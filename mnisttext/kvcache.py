@@ -65,6 +65,9 @@ class KVCache:
         self._tail_zero = False          # plain layout: positions >= pos hold zeros
         self._attends = False            # attend_one has been called: see write
         self._pending = {}               # layer -> (k, v) the next attend_one stores (chunked)
+        self.int8 = False                # chunked int8 keys and values, a scale per position
+        self.ks = self.vs = None         # their scales (n_layer, n_chunks, B, n_kv, ALIGN), fp32
+        self.compute_dtype = None        # the layers' dtype (what layer_view returns)
 
     @property
     def batch_size(self) -> int:
@@ -74,17 +77,25 @@ class KVCache:
     def capacity(self) -> int:
         return 0 if self.v is None else _round_up(self.shape[3], ALIGN)
 
-    def _alloc(self, batch_size: int, like: torch.Tensor, chunked: bool):
+    def _alloc(self, batch_size: int, like: torch.Tensor, chunked: bool, int8: bool = False):
+        """Set k, v (and the int8 scales) to uninitialized buffers of this layout."""
         L, _, nkv, block, hs = self.shape
         cap = _round_up(block, ALIGN)
-        dtype = self.dtype or like.dtype
+        self.compute_dtype = self.dtype or like.dtype
+        dtype = torch.int8 if int8 else self.compute_dtype
+        self.chunked, self.int8, self._tail_zero = chunked, int8, False
+        self.ks = self.vs = None
         if not chunked:
             shape = (L, batch_size, nkv, cap, hs)
-            return (torch.empty(shape, device=like.device, dtype=dtype),
-                    torch.empty(shape, device=like.device, dtype=dtype))
+            self.k = torch.empty(shape, device=like.device, dtype=dtype)
+            self.v = torch.empty(shape, device=like.device, dtype=dtype)
+            return
         c = cap // ALIGN
-        return (torch.empty((L, c, batch_size, nkv, ALIGN, hs), device=like.device, dtype=dtype),
-                torch.empty((L, c, batch_size, nkv, ALIGN // 2, hs, 2), device=like.device, dtype=dtype))
+        self.k = torch.empty((L, c, batch_size, nkv, ALIGN, hs), device=like.device, dtype=dtype)
+        self.v = torch.empty((L, c, batch_size, nkv, ALIGN // 2, hs, 2), device=like.device, dtype=dtype)
+        if int8:
+            self.ks = torch.empty((L, c, batch_size, nkv, ALIGN), device=like.device)
+            self.vs = torch.empty((L, c, batch_size, nkv, ALIGN), device=like.device)
 
     def _native_ok(self, t: torch.Tensor) -> bool:
         return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16)
@@ -105,7 +116,13 @@ class KVCache:
         self._flush()
         if not self.chunked:
             return t[layer, :, :, :end]
-        return unchunk(t[layer, :-(-end // ALIGN)])[:, :, :end]
+        c = -(-end // ALIGN)
+        x = unchunk(t[layer, :c])[:, :, :end]
+        if self.int8:                                    # values times their positions' scales
+            scale = (self.ks if t is self.k else self.vs)[layer, :c]       # (c, B, nkv, ALIGN)
+            scale = scale.permute(1, 2, 0, 3).reshape(x.shape[0], x.shape[1], -1)[:, :, :end]
+            x = (x.float() * scale[..., None]).to(self.compute_dtype)
+        return x
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, nkv, T, hs) at pos..pos+T; return all keys and values so far
@@ -119,22 +136,25 @@ class KVCache:
         p, T = self.pos, k.shape[2]
         self._flush()
         if (T == 1 and p > 0 and self.chunked and self._attends and k.stride(-1) == 1
-                and v.stride(-1) == 1 and k.dtype == v.dtype == self.v.dtype):
+                and v.stride(-1) == 1 and k.dtype == v.dtype == self.compute_dtype):
             self._pending[layer] = (k, v)
             return k, v
         if p + T > self.shape[3]:
             raise ValueError(f"{p + T} positions > block size {self.shape[3]}")
         if self.v is None:
-            self.chunked = self._native_ok(k)
-            self.k, self.v = self._alloc(self.batch_size, k, self.chunked)
-            self._tail_zero = False
+            self._alloc(self.batch_size, k, self._native_ok(k))
         if not self.chunked:
             self.k[layer, :, :, p:p + T] = k
             self.v[layer, :, :, p:p + T] = v
         else:
+            if self.int8:
+                (k, ks), (v, vs) = quantize(k), quantize(v)
             for c in range(p // ALIGN, -(-(p + T) // ALIGN)):         # the chunks it touches
                 a, b = max(p, c * ALIGN), min(p + T, (c + 1) * ALIGN)
                 self.k[layer, c, :, :, a - c * ALIGN:b - c * ALIGN] = k[:, :, a - p:b - p]
+                if self.int8:
+                    self.ks[layer, c, :, :, a - c * ALIGN:b - c * ALIGN] = ks[:, :, a - p:b - p]
+                    self.vs[layer, c, :, :, a - c * ALIGN:b - c * ALIGN] = vs[:, :, a - p:b - p]
                 for parity in (0, 1):                # even positions, then odd ones
                     first = a + ((parity - a) % 2)
                     if first < b:
@@ -168,14 +188,18 @@ class KVCache:
         self._attends = True
         if self.chunked:
             new = self._pending.pop(layer, None)
-            if q.stride(-1) == 1 and q.dtype == self.v.dtype:
+            if q.stride(-1) == 1 and q.dtype == self.compute_dtype:
                 out = torch.empty(B, nh, 1, hs, dtype=q.dtype)
                 kn, vn = new if new is not None else (None, None)
-                rc = native_attend()(int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0),
+                kind = 2 if self.int8 else int(q.dtype == torch.bfloat16)
+                rc = native_attend()(kind, int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0),
                                      q.stride(1), _ptr(kn), _ptr(vn), *_bh_strides(kn),
                                      *_bh_strides(vn), self.k[layer].data_ptr(),
-                                     self.v[layer].data_ptr(), out.data_ptr(), B, nh, nkv, hs, n,
-                                     1.0 / math.sqrt(hs), torch.get_num_threads())
+                                     self.v[layer].data_ptr(),
+                                     _ptr(None if self.ks is None else self.ks[layer]),
+                                     _ptr(None if self.vs is None else self.vs[layer]),
+                                     out.data_ptr(), B, nh, nkv, hs, n, 1.0 / math.sqrt(hs),
+                                     torch.get_num_threads())
                 if rc == 0:
                     return out
             if new is not None:
@@ -212,40 +236,65 @@ class KVCache:
         return KVCache.cat([self], n)
 
     @staticmethod
-    def cat(caches: list["KVCache"], repeat: int | list[int] = 1) -> "KVCache":
+    def cat(caches: list["KVCache"], repeat: int | list[int] = 1, int8: bool | None = None) -> "KVCache":
         """One cache whose rows are the rows of `caches` in order, each row of caches[i]
         repeat[i] times (all at the same position; only the written positions are copied).
-        Per-row state that a subclass keeps in a dict of (B, ...) tensors (the canon layers'
-        `conv`) goes along."""
+        int8=True stores the keys and values of the new cache as int8, a scale per position and
+        head (chunked layout only: where the native kernel runs); None keeps the layout. Per-row
+        state that a subclass keeps in a dict of (B, ...) tensors (the canon layers' `conv`)
+        goes along."""
         reps = [repeat] * len(caches) if isinstance(repeat, int) else list(repeat)
         for c in caches:
             c._flush()
         first = caches[0]
         if len(reps) != len(caches) or any(
                 c.pos != first.pos or c.shape[2:] != first.shape[2:] or type(c) is not type(first)
-                or c.chunked != first.chunked for c in caches):
+                or c.chunked != first.chunked or c.int8 != first.int8 for c in caches):
             raise ValueError("cat caches of one type, shape, layout and position")
         new = first._like(sum(c.batch_size * r for c, r in zip(caches, reps)))
         if first.v is not None:
-            new.k, new.v = new._alloc(new.batch_size, first.v, first.chunked)
-            new._tail_zero = False
             p, row = first.pos, 0
-            bdim = 2 if first.chunked else 1
+            to8 = first.int8 if int8 is None else bool(int8 and first.chunked)
+            like = first.v if first.compute_dtype is None else first.v.new_empty(0, dtype=first.compute_dtype)
+            new._alloc(new.batch_size, like, first.chunked, to8)
             for c, r in zip(caches, reps):
                 rows = c.batch_size * r
-                for mine, theirs in ((new.k, c.k), (new.v, c.v)):
-                    # the written positions: whole chunks (chunked) or :p (plain)
-                    src = theirs[:, :-(-p // ALIGN)] if first.chunked else theirs[:, :, :, :p]
-                    dst = mine[:, :-(-p // ALIGN)] if first.chunked else mine[:, :, :, :p]
-                    if r > 1:
-                        src = src.repeat_interleave(r, bdim)
-                    dst.narrow(bdim, row, rows).copy_(src)
+                if to8 == first.int8:                 # the same layout: copy what is written
+                    pairs = [(new.k, c.k), (new.v, c.v)] + ([(new.ks, c.ks), (new.vs, c.vs)] if to8 else [])
+                    bdim = 2 if first.chunked else 1
+                    for mine, theirs in pairs:
+                        src = theirs[:, :-(-p // ALIGN)] if first.chunked else theirs[:, :, :, :p]
+                        dst = mine[:, :-(-p // ALIGN)] if first.chunked else mine[:, :, :, :p]
+                        if r > 1:
+                            src = src.repeat_interleave(r, bdim)
+                        dst.narrow(bdim, row, rows).copy_(src)
+                else:                                 # converted: rows written position by position
+                    part = c._like(rows)
+                    part._alloc(rows, like, first.chunked, to8)
+                    part._pending, part._attends = {}, False
+                    for layer in range(first.shape[0]):
+                        kv = [c.layer_view(layer, t, p).repeat_interleave(r, 0) for t in (c.k, c.v)]
+                        part.pos = 0
+                        part.write(layer, *kv)
+                    part.pos = p
+                    for mine, theirs in [(new.k, part.k), (new.v, part.v)] + (
+                            [(new.ks, part.ks), (new.vs, part.vs)] if to8 else []):
+                        mine[:, :-(-p // ALIGN)].narrow(2, row, rows).copy_(theirs[:, :-(-p // ALIGN)])
                 row += rows
         for name, value in first.__dict__.items():
             if isinstance(value, dict) and all(isinstance(t, torch.Tensor) for t in value.values()):
                 setattr(new, name, {key: torch.cat([getattr(c, name)[key].repeat_interleave(r, 0)
                                                     for c, r in zip(caches, reps)]) for key in value})
         return new
+
+
+def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., hs) -> int8 values and fp32 scales (...): x ~ s * round(x / s) with s = max|x| / 127
+    (1 where x is all zeros), ties to even: what the native kernel does for a new key."""
+    x = x.float()
+    m = x.abs().amax(-1)
+    s = torch.where(m > 0, m / 127, torch.ones_like(m))
+    return (x / s[..., None]).round().clamp_(-127, 127).to(torch.int8), s
 
 
 def _ptr(t):
@@ -296,27 +345,42 @@ NATIVE_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
+#include <math.h>
 #include <pthread.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
 #define BF16DOT 1
 #endif
 
 #define L 16
 #define MAXHS 256
+enum { F32 = 0, BF16 = 1, I8 = 2 };
 typedef float vf __attribute__((vector_size(64)));
 typedef uint32_t vu __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 typedef uint16_t vh __attribute__((vector_size(32)));
+typedef int8_t vb __attribute__((vector_size(16)));
 
-static inline vf load16(const void *base, long off, int bf16) {
-    if (bf16) {
+/* 16 values from base[off..off+16) as fp32: stored as fp32, bf16 or int8 */
+static inline vf load16(const void *base, long off, int kind) {
+    if (kind == BF16) {
         vh h; memcpy(&h, (const uint16_t *)base + off, sizeof h);
         vu u = __builtin_convertvector(h, vu) << 16;
         return (vf)u;
+    }
+    if (kind == I8) {
+#if defined(__AVX512F__)
+        __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)base + off))));
+        vf r; memcpy(&r, &x, sizeof r); return r;
+#else
+        vb b; memcpy(&b, (const int8_t *)base + off, sizeof b);
+        return __builtin_convertvector(__builtin_convertvector(b, vi), vf);
+#endif
     }
     vf f; memcpy(&f, (const float *)base + off, sizeof f);
     return f;
@@ -329,6 +393,7 @@ static inline uint16_t f2bf(float f) {          /* round to nearest even, as tor
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
+static inline float ld(const void *p, long i, int bf16) { return bf16 ? bf2f(((const uint16_t *)p)[i]) : ((const float *)p)[i]; }
 static inline vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
 static inline vf vexp(vf x) {                   /* e^x for x <= 0, relative error < 2e-7 */
     vf lo = x - x - 87.0f;
@@ -366,21 +431,47 @@ static inline vf reduce16(const vf *a) {
 
 typedef struct {
     const void *q; long qs_b, qs_h; const void *kn, *vn; long ks_b, ks_h, vs_b, vs_h;
-    void *k, *v; void *out;
-    long r0, r1, B, nh, nkv, hs, n; float scale; int bf16, failed;
+    void *k, *v; float *kscale, *vscale; void *out;
+    long r0, r1, B, nh, nkv, hs, n; float scale; int kind, qbf16, failed;
 } job_t;
 
+/* int8: x ~ s * round(x / s), s = max|x| / 127 (1 where x is all zeros), ties to even (hs % 16 == 0) */
+static float quantize(int8_t *dst, long dstep, const void *src, long hs, int bf16) {
+    vf m = {0};
+    for (long d = 0; d < hs; d += L) {
+        vf x = load16(src, d, bf16);
+        x = vsel(x < 0.0f, -x, x);
+        m = vsel(x > m, x, m);
+    }
+    const float mx = hmax(m), s = mx > 0.0f ? mx / 127.0f : 1.0f;
+    for (long d = 0; d < hs; d += L) {
+        vf x = load16(src, d, bf16) / s;
+        x = (x + 12582912.0f) - 12582912.0f;          /* round half to even (|x| <= 127) */
+        vi r = __builtin_convertvector(x, vi);
+        for (int l = 0; l < L; l++) dst[(d + l) * dstep] = (int8_t)r[l];
+    }
+    return s;
+}
+
 /* Store the new key and value (position n - 1) of rows r0..r1, and zero the value's pair partner
-   when it opens a pair (the dot product reads both halves of a pair). */
+   when it opens a pair (the pair products read both halves). */
 static void store_new(const job_t *j) {
-    const long t = j->n - 1, c = t / L, slot = t % L, hs = j->hs, es = j->bf16 ? 2 : 4;
+    const long t = j->n - 1, c = t / L, slot = t % L, hs = j->hs;
+    const long es = j->kind == I8 ? 1 : (j->kind == BF16 ? 2 : 4), is = j->qbf16 ? 2 : 4;
     for (long b = j->r0; b < j->r1; b++)
         for (long g = 0; g < j->nkv; g++) {
             const long blk = (c * j->B + b) * j->nkv + g;
+            const char *ks = (const char *)j->kn + (b * j->ks_b + g * j->ks_h) * is;
+            const char *vs = (const char *)j->vn + (b * j->vs_b + g * j->vs_h) * is;
             char *kd = (char *)j->k + ((blk * L + slot) * hs) * es;
-            memcpy(kd, (const char *)j->kn + (b * j->ks_b + g * j->ks_h) * es, hs * es);
-            const char *vs = (const char *)j->vn + (b * j->vs_b + g * j->vs_h) * es;
             char *vd = (char *)j->v + (blk * L * hs + (slot / 2) * 2 * hs + slot % 2) * es;
+            if (j->kind == I8) {
+                j->kscale[blk * L + slot] = quantize((int8_t *)kd, 1, ks, hs, j->qbf16);
+                j->vscale[blk * L + slot] = quantize((int8_t *)vd, 2, vs, hs, j->qbf16);
+                if (slot % 2 == 0) for (long d = 0; d < hs; d++) vd[2 * d + 1] = 0;
+                continue;
+            }
+            memcpy(kd, ks, hs * es);                 /* the storage dtype is the model's */
             for (long d = 0; d < hs; d++) {
                 memcpy(vd + 2 * d * es, vs + d * es, es);
                 if (slot % 2 == 0) memset(vd + (2 * d + 1) * es, 0, es);
@@ -389,13 +480,19 @@ static void store_new(const job_t *j) {
 }
 
 /* k: (n_chunks, B, nkv, 16, hs); v: (n_chunks, B, nkv, 8, hs, 2): positions in pairs, each
-   dimension's two values side by side (what the bf16 dot product instruction takes); q: row b,
-   head h at q[b * qs_b + h * qs_h]; out: (B, nh, hs). Per (row, head): a running max, a running
-   sum and an accumulator (hs, 2), the two positions of a pair apart until the end (one (hs)
-   accumulator with the bf16 dot product). */
-static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16) {
+   dimension's two values side by side (what the bf16 dot product instruction takes); int8 caches
+   with a scale per position, kscale and vscale (n_chunks, B, nkv, 16); q: row b, head h at
+   q[b * qs_b + h * qs_h]; out: (B, nh, hs). Per (row, head): a running max, a running sum and an
+   accumulator (hs, 2), the two positions of a pair apart until the end (one (hs) accumulator with
+   the bf16 dot product). */
+static inline __attribute__((always_inline)) void kern(job_t *j, const int kind) {
     const long nh = j->nh, nkv = j->nkv, hs = j->hs, n = j->n, rep = nh / nkv, B = j->B;
     const long rows = j->r1 - j->r0, nc = (n + L - 1) / L, nv = hs / L;
+#ifdef BF16DOT
+    const int dot = kind == BF16;
+#else
+    const int dot = 0;
+#endif
     float *qf = malloc(sizeof(float) * rows * nh * hs);
     float *acc = malloc(sizeof(float) * rows * nh * hs * 2);
     float *ms = malloc(sizeof(float) * rows * nh * 2);
@@ -403,37 +500,35 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
     for (long b = 0; b < rows; b++)
         for (long h = 0; h < nh; h++) {
             const long bh = b * nh + h;
-            for (long d = 0; d < hs; d++) {
-                const long o = (j->r0 + b) * j->qs_b + h * j->qs_h + d;
-                qf[bh * hs + d] = bf16 ? bf2f(((const uint16_t *)j->q)[o]) : ((const float *)j->q)[o];
-            }
+            for (long d = 0; d < hs; d++)
+                qf[bh * hs + d] = ld(j->q, (j->r0 + b) * j->qs_b + h * j->qs_h + d, j->qbf16);
             for (long d = 0; d < 2 * hs; d++) acc[bh * 2 * hs + d] = 0.0f;
             ms[bh * 2] = -1e30f;
             ms[bh * 2 + 1] = 0.0f;
         }
-    vf lane, zero, neg;
-    for (int l = 0; l < L; l++) { lane[l] = (float)l; zero[l] = 0.0f; neg[l] = -1e30f; }
+    vf lane, zero, neg, one;
+    for (int l = 0; l < L; l++) { lane[l] = (float)l; zero[l] = 0.0f; neg[l] = -1e30f; one[l] = 1.0f; }
     for (long c = 0; c < nc; c++) {
         const long valid = n - c * L < L ? n - c * L : L;
         const vf validv = zero + (float)valid;
         for (long b = 0; b < rows; b++)
         for (long g = 0; g < nkv; g++) {
-            const long base = ((c * B + j->r0 + b) * nkv + g) * L * hs;
+            const long blk = (c * B + j->r0 + b) * nkv + g, base = blk * L * hs;
+            vf ksc = one, vsc = one;
+            if (kind == I8) { memcpy(&ksc, j->kscale + blk * L, sizeof ksc); memcpy(&vsc, j->vscale + blk * L, sizeof vsc); }
             for (long r = 0; r < rep; r++) {
                 const long bh = b * nh + g * rep + r;
                 const float *q = qf + bh * hs;
                 vf a[L];
 #ifdef BF16DOT
-                if (bf16 && hs % 32 == 0) {
+                if (dot && j->qbf16 && hs % 32 == 0) {
                     const uint16_t *qb = (const uint16_t *)j->q + (j->r0 + b) * j->qs_b + (g * rep + r) * j->qs_h;
                     const uint16_t *kb = (const uint16_t *)j->k + base;
                     for (int t = 0; t < L; t++) {
                         __m512 x = _mm512_setzero_ps();
-                        for (long i = 0; i < hs; i += 32) {
-                            __m512bh qv = (__m512bh)_mm512_loadu_si512(qb + i);
-                            __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + t * hs + i);
-                            x = _mm512_dpbf16_ps(x, qv, kv);
-                        }
+                        for (long i = 0; i < hs; i += 32)
+                            x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_loadu_si512(qb + i),
+                                                 (__m512bh)_mm512_loadu_si512(kb + t * hs + i));
                         memcpy(&a[t], &x, sizeof x);
                     }
                 } else
@@ -442,11 +537,11 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
                     vf x = {0};
                     for (long i = 0; i < nv; i++) {
                         vf qv; memcpy(&qv, q + i * L, sizeof qv);
-                        x += qv * load16(j->k, base + t * hs + i * L, bf16);
+                        x += qv * load16(j->k, base + t * hs + i * L, kind);
                     }
                     a[t] = x;
                 }
-                vf s = reduce16(a) * j->scale;
+                vf s = reduce16(a) * ksc * j->scale;          /* unwritten lanes: masked next */
                 s = vsel(lane < validv, s, neg);              /* positions not yet written */
                 const float m = ms[bh * 2];
                 float mn = hmax(s);
@@ -459,7 +554,7 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
                 float *ac = acc + bh * 2 * hs;
                 const long pairs = (valid + 1) / 2;
 #ifdef BF16DOT
-                if (bf16) {
+                if (dot) {
                     const uint16_t *vb = (const uint16_t *)j->v + base;
                     __m512 pf; memcpy(&pf, &p, sizeof pf);
                     __m256bh pb = _mm512_cvtneps_pbh(pf);       /* word jp: (p[2jp], p[2jp+1]) */
@@ -467,32 +562,31 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
                     for (long i = 0; i < nv; i++) {             /* dimensions i*16 .. i*16+15 */
                         __m512 x; memcpy(&x, ac + i * L, sizeof x);
                         x = _mm512_mul_ps(x, _mm512_set1_ps(alpha));
-                        for (long jp = 0; jp < pairs; jp++) {
-                            __m512bh pv = (__m512bh)_mm512_set1_epi32((int)pw[jp]);
-                            __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + jp * 2 * hs + i * 2 * L);
-                            x = _mm512_dpbf16_ps(x, pv, vv);
-                        }
+                        for (long jp = 0; jp < pairs; jp++)
+                            x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_set1_epi32((int)pw[jp]),
+                                                 (__m512bh)_mm512_loadu_si512(vb + jp * 2 * hs + i * 2 * L));
                         memcpy(ac + i * L, &x, sizeof x);
                     }
                     continue;
                 }
 #endif
+                const vf pv = vsel(lane < validv, p * vsc, zero);   /* unwritten scales: never used */
                 vf pp[L / 2];                                   /* (p[2jp], p[2jp+1]) repeated */
-                pp[0] = __builtin_shufflevector(p, p, 0,1,0,1,0,1,0,1,0,1,0,1,0,1,0,1);
-                pp[1] = __builtin_shufflevector(p, p, 2,3,2,3,2,3,2,3,2,3,2,3,2,3,2,3);
-                pp[2] = __builtin_shufflevector(p, p, 4,5,4,5,4,5,4,5,4,5,4,5,4,5,4,5);
-                pp[3] = __builtin_shufflevector(p, p, 6,7,6,7,6,7,6,7,6,7,6,7,6,7,6,7);
-                pp[4] = __builtin_shufflevector(p, p, 8,9,8,9,8,9,8,9,8,9,8,9,8,9,8,9);
-                pp[5] = __builtin_shufflevector(p, p, 10,11,10,11,10,11,10,11,10,11,10,11,10,11,10,11);
-                pp[6] = __builtin_shufflevector(p, p, 12,13,12,13,12,13,12,13,12,13,12,13,12,13,12,13);
-                pp[7] = __builtin_shufflevector(p, p, 14,15,14,15,14,15,14,15,14,15,14,15,14,15,14,15);
+                pp[0] = __builtin_shufflevector(pv, pv, 0,1,0,1,0,1,0,1,0,1,0,1,0,1,0,1);
+                pp[1] = __builtin_shufflevector(pv, pv, 2,3,2,3,2,3,2,3,2,3,2,3,2,3,2,3);
+                pp[2] = __builtin_shufflevector(pv, pv, 4,5,4,5,4,5,4,5,4,5,4,5,4,5,4,5);
+                pp[3] = __builtin_shufflevector(pv, pv, 6,7,6,7,6,7,6,7,6,7,6,7,6,7,6,7);
+                pp[4] = __builtin_shufflevector(pv, pv, 8,9,8,9,8,9,8,9,8,9,8,9,8,9,8,9);
+                pp[5] = __builtin_shufflevector(pv, pv, 10,11,10,11,10,11,10,11,10,11,10,11,10,11,10,11);
+                pp[6] = __builtin_shufflevector(pv, pv, 12,13,12,13,12,13,12,13,12,13,12,13,12,13,12,13);
+                pp[7] = __builtin_shufflevector(pv, pv, 14,15,14,15,14,15,14,15,14,15,14,15,14,15,14,15);
                 for (long i0 = 0; i0 < 2 * nv; i0 += 8) {     /* (dimension, position) pairs */
                     const long w = 2 * nv - i0 < 8 ? 2 * nv - i0 : 8;
                     vf x[8];
                     for (long i = 0; i < w; i++) { memcpy(&x[i], ac + (i0 + i) * L, sizeof x[i]); x[i] *= alpha; }
                     for (long jp = 0; jp < pairs; jp++)
                         for (long i = 0; i < w; i++)
-                            x[i] += pp[jp] * load16(j->v, base + jp * 2 * hs + (i0 + i) * L, bf16);
+                            x[i] += pp[jp] * load16(j->v, base + jp * 2 * hs + (i0 + i) * L, kind);
                     for (long i = 0; i < w; i++) memcpy(ac + (i0 + i) * L, &x[i], sizeof x[i]);
                 }
             }
@@ -504,12 +598,8 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
             const float inv = 1.0f / ms[bh * 2 + 1];
             const float *ac = acc + bh * 2 * hs;
             for (long d = 0; d < hs; d++) {
-#ifdef BF16DOT
-                const float x = (bf16 ? ac[d] : ac[2 * d] + ac[2 * d + 1]) * inv;
-#else
-                const float x = (ac[2 * d] + ac[2 * d + 1]) * inv;
-#endif
-                if (bf16) ((uint16_t *)j->out)[o + d] = f2bf(x);
+                const float x = (dot ? ac[d] : ac[2 * d] + ac[2 * d + 1]) * inv;
+                if (j->qbf16) ((uint16_t *)j->out)[o + d] = f2bf(x);
                 else ((float *)j->out)[o + d] = x;
             }
         }
@@ -519,22 +609,29 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int bf16)
 static void *thread_main(void *a) {
     job_t *j = a;
     if (j->kn) store_new(j);
-    if (j->bf16) kern(j, 1); else kern(j, 0);
+    if (j->kind == BF16) kern(j, BF16);
+    else if (j->kind == I8) kern(j, I8);
+    else kern(j, F32);
     return 0;
 }
 
-/* q, and the new key and value where kn is not NULL: element [b, h, d] at b * s_b + h * s_h + d */
-int mnisttext_attend(int bf16, const void *q, long qs_b, long qs_h, const void *kn, const void *vn,
-                     long ks_b, long ks_h, long vs_b, long vs_h, void *k, void *v, void *out,
-                     long B, long nh, long nkv, long hs, long n, float scale, int threads) {
-    if (hs % L || hs > MAXHS || nkv < 1 || nh % nkv || n < 1 || B < 1) return -1;
+/* kind: the cache's storage (0 fp32, 1 bf16, 2 int8 with kscale, vscale); qbf16: q, the new key
+   and value and out are bf16 (else fp32). q and the new key and value (kn NULL: none to store):
+   element [b, h, d] at b * s_b + h * s_h + d. */
+int mnisttext_attend(int kind, int qbf16, const void *q, long qs_b, long qs_h, const void *kn,
+                     const void *vn, long ks_b, long ks_h, long vs_b, long vs_h, void *k, void *v,
+                     float *kscale, float *vscale, void *out, long B, long nh, long nkv, long hs,
+                     long n, float scale, int threads) {
+    if (hs % L || hs > MAXHS || nkv < 1 || nh % nkv || n < 1 || B < 1 || kind < 0 || kind > 2) return -1;
+    if (kind == BF16 && !qbf16) return -1;
+    if (kind == I8 && (!kscale || !vscale)) return -1;
     if (threads > 64) threads = 64;
     if (threads > B) threads = (int)B;
     if (threads < 1) threads = 1;
     job_t jobs[64];
     for (int i = 0; i < threads; i++) {
-        job_t jb = {q, qs_b, qs_h, kn, vn, ks_b, ks_h, vs_b, vs_h, k, v, out,
-                    B * i / threads, B * (i + 1) / threads, B, nh, nkv, hs, n, scale, bf16, 0};
+        job_t jb = {q, qs_b, qs_h, kn, vn, ks_b, ks_h, vs_b, vs_h, k, v, kscale, vscale, out,
+                    B * i / threads, B * (i + 1) / threads, B, nh, nkv, hs, n, scale, kind, qbf16, 0};
         jobs[i] = jb;
     }
     int failed = 0;
@@ -616,34 +713,43 @@ def build_native(directory: Path | None = None) -> Path | None:
 def _load(lib: Path):
     fn = ctypes.CDLL(str(lib)).mnisttext_attend
     fn.restype = ctypes.c_int
-    fn.argtypes = ([ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,    # q
+    fn.argtypes = ([ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,  # q
                     ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 4          # new k, v
-                   + [ctypes.c_void_p] * 3 + [ctypes.c_long] * 5                     # k, v, out
+                   + [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5                     # k, v, scales, out
                    + [ctypes.c_float, ctypes.c_int])
     return fn
 
 
 def _self_check(fn) -> bool:
-    """The kernel against torch on small random caches: both dtypes, GQA, partial chunks."""
+    """The kernel against torch on small random caches: each storage (fp32, bf16, int8), GQA,
+    partial chunks, the new key and value stored by the kernel, NaN in unwritten slots."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        for dtype, kind, tol in ((torch.float32, 0, 1e-5), (torch.bfloat16, 1, 2e-2),
+                                 (torch.bfloat16, 2, 5e-2), (torch.float32, 2, 5e-2)):
             for B, nh, nkv, hs, n in ((3, 4, 4, 64, 37), (2, 4, 2, 16, 48), (5, 2, 1, 32, 1)):
                 nc = -(-n // ALIGN)
                 k, v = (torch.randn(B, nkv, nc * ALIGN, hs).to(dtype) for _ in range(2))
-                k[:, :, n:], v[:, :, n:] = float("nan"), float("inf")   # unwritten: never read
-                kc, vc = chunk_keys(k), chunk_values(v)
+                kn, vn = k[:, :, n - 1].clone(), v[:, :, n - 1].clone()   # stored by the kernel
+                k[:, :, n - 1:], v[:, :, n - 1:] = float("nan"), float("inf")
+                ks = vs = None
+                if kind == 2:
+                    (k8, ks), (v8, vs) = quantize(k), quantize(v)
+                    kc, vc = chunk_keys(k8), chunk_values(v8)
+                    ks, vs = (t.view(B, nkv, nc, ALIGN).permute(2, 0, 1, 3).contiguous() for t in (ks, vs))
+                    want_k, want_v = (x.float() * sc[..., None] for x, sc in ((k8, quantize(k)[1]), (v8, quantize(v)[1])))
+                    want_k[:, :, n - 1], want_v[:, :, n - 1] = (x.float() * sc[..., None] for x, sc in (quantize(kn), quantize(vn)))
+                else:
+                    kc, vc = chunk_keys(k), chunk_values(v)
+                    want_k, want_v = k.float(), v.float()
+                    want_k[:, :, n - 1], want_v[:, :, n - 1] = kn.float(), vn.float()
                 q = torch.randn(B, 1, nh * hs).to(dtype).view(B, 1, nh, hs).transpose(1, 2)
                 out = torch.empty(B, nh, 1, hs, dtype=dtype)
-                # the last position arrives as the new key and value, stored by the kernel
-                kn, vn = k[:, :, n - 1].clone(), v[:, :, n - 1].clone()
-                kc[(n - 1) // ALIGN, :, :, (n - 1) % ALIGN] = float("nan")
-                vc[(n - 1) // ALIGN, :, :, ((n - 1) % ALIGN) // 2, :, (n - 1) % 2] = float("nan")
-                rc = fn(int(dtype == torch.bfloat16), q.data_ptr(), q.stride(0), q.stride(1),
+                rc = fn(kind, int(dtype == torch.bfloat16), q.data_ptr(), q.stride(0), q.stride(1),
                         kn.data_ptr(), vn.data_ptr(), kn.stride(0), kn.stride(1), vn.stride(0),
-                        vn.stride(1), kc.data_ptr(), vc.data_ptr(), out.data_ptr(), B, nh, nkv,
-                        hs, n, 1.0 / math.sqrt(hs), 2)
-                kk, vv = (t[:, :, :n].float().repeat_interleave(nh // nkv, 1) for t in (k, v))
+                        vn.stride(1), kc.data_ptr(), vc.data_ptr(), _ptr(ks), _ptr(vs),
+                        out.data_ptr(), B, nh, nkv, hs, n, 1.0 / math.sqrt(hs), 2)
+                kk, vv = (t[:, :, :n].repeat_interleave(nh // nkv, 1) for t in (want_k, want_v))
                 want = torch.softmax(q.float() @ kk.transpose(-1, -2) / math.sqrt(hs), -1) @ vv
                 if rc != 0 or not torch.allclose(out.float(), want, atol=tol, rtol=tol):
                     return False

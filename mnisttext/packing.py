@@ -2,7 +2,7 @@
 
     from mnisttext.packing import prepare_for_sampling
     fast = prepare_for_sampling(model, "auto")    # the dtype a measured decode step prefers here
-    fast.decode_plan          # {'dtype', 'workers', 'threads', 'rows', 'row_invariant'}
+    fast.decode_plan          # {'dtype', 'workers', 'threads', 'kv', 'rows', 'row_invariant'}
 
 On a CPU "auto" follows machine.decode_plan: decode steps of this model timed once per machine in
 fp32 and in bf16 (cached), which also sets the decode threads and the rows per decode batch that
@@ -97,8 +97,8 @@ def build_sampler(model: nn.Module, dtype: str) -> nn.Module:
 
 def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
     """The model to sample with, in eval mode, carrying its `decode_plan` (the dtype, the decode
-    workers and threads, the rows per decode batch, whether rows are batch-independent), which
-    sample.sample_digits follows. dtype 'auto' takes the plan's dtype on a CPU (a measured
+    workers and threads, the keys' and values' storage, the rows per decode batch, whether rows
+    are batch-independent), which sample.sample_digits follows. dtype 'auto' takes the plan's dtype on a CPU (a measured
     decode step, machine.decode_plan) and bf16 on a GPU that has it; 'bf16'/'fp32' force one."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -109,13 +109,13 @@ def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
         entry = plan.get(choice, {})
         sampler = build_sampler(model, choice)
         sampler.decode_plan = {"dtype": choice, "workers": entry.get("workers", 1),
-                               "threads": entry.get("threads"),
+                               "threads": entry.get("threads"), "kv": entry.get("kv", "model"),
                                "rows": entry.get("rows", machine.MAX_ROWS),
                                "row_invariant": entry.get("row_invariant", False)}
         return sampler
     choice = "bf16" if use_bf16(device, dtype) else "fp32"
     sampler = build_sampler(model, choice)
     invariant = machine.rows_independent(sampler) if isinstance(model, GPT) else False
-    sampler.decode_plan = {"dtype": choice, "workers": 1, "threads": None,
+    sampler.decode_plan = {"dtype": choice, "workers": 1, "threads": None, "kv": "model",
                            "rows": machine.MAX_ROWS, "row_invariant": invariant}
     return sampler

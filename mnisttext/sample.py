@@ -9,6 +9,7 @@ model once and its cache is then copied to all candidates.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,7 +100,8 @@ def generate(model, prefix: list[int], n: int, generator: torch.Generator,
 
 @torch.inference_mode()
 def generate_groups(model, groups: list[Group], settings: SampleSettings = SampleSettings(),
-                    device="cpu", grammar: tk.Grammar | None = None, workers: int = 1) -> list[torch.Tensor]:
+                    device="cpu", grammar: tk.Grammar | None = None, workers: int = 1,
+                    kv_int8: bool = False) -> list[torch.Tensor]:
     """Several `generate` calls as one batch -> each group's (n, L) tokens, the same tokens as
     each group alone (row results do not depend on the batch: see MIN_ROWS). Prefixes must
     have the same length in tokens.
@@ -110,7 +112,8 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
     sampling, the random numbers and on_step stay in the calling thread. A group's uniforms are
     drawn from its own generator, n per step in row order, for as long as it would run alone:
     once all its lines are spelled out (BPE lines end at different steps) it draws nothing
-    more, and its rows ride along on ')' and <pad> until the last group ends."""
+    more, and its rows ride along on ')' and <pad> until the last group ends. kv_int8 keeps
+    the decode's keys and values in int8 (KVCache.cat; where the native kernel runs)."""
     n_sym = codec.n_symbols(settings.bpp)
     grammar = grammar or tk.Grammar.character()
     device = torch.device(device)
@@ -150,7 +153,7 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
         caches.append(cache)
     logits = torch.cat([lg.expand(c, -1) for lg, c in zip(logits, counts)])     # (Rp, V)
     slices = _slices(Rp, workers if device.type == "cpu" else 1)
-    slice_caches = [_join_caches(caches, counts, s) for s in slices] if settings.use_cache else None
+    slice_caches = [_join_caches(caches, counts, s, kv_int8) for s in slices] if settings.use_cache else None
     active = [True] * len(groups)
     ends = list(lengths)
     t = P
@@ -203,21 +206,21 @@ def _slices(rows: int, workers: int) -> list[slice]:
     return [slice(b[i], b[i + 1]) for i in range(w)]
 
 
-def _join_caches(caches, counts, rows: slice):
+def _join_caches(caches, counts, rows: slice, int8: bool = False):
     """The cache of rows[start:stop] of the batch whose first counts[0] rows continue caches[0],
-    the next counts[1] caches[1], and so on."""
+    the next counts[1] caches[1], and so on (int8: keys and values stored as int8)."""
     parts, start = [], 0
     for c, n in zip(caches, counts):
         lo, hi = max(start, rows.start), min(start + n, rows.stop)
         if hi > lo:
             parts.append((c, hi - lo))
         start += n
-    if len(parts) == 1:
-        return parts[0][0].expand(parts[0][1])
     join = getattr(type(parts[0][0]), "cat", None)
     if join is None:
+        if len(parts) == 1:
+            return parts[0][0].expand(parts[0][1])
         raise TypeError(f"{type(parts[0][0]).__name__} cannot join the caches of several prefixes")
-    return join([c for c, _ in parts], [n for _, n in parts])
+    return join([c for c, _ in parts], [n for _, n in parts], int8=int8)
 
 
 class Workers:
@@ -312,11 +315,13 @@ DEFAULT_ROWS = 1024      # rows per decode batch where the model carries no meas
 
 def _plan(model) -> dict:
     """The sampler's decode plan (packing.prepare_for_sampling attaches one): rows per batch,
-    whether groups may share a batch, workers and torch threads; defaults for a bare model."""
+    whether groups may share a batch, workers and torch threads, the keys' and values' storage;
+    defaults for a bare model."""
     plan = getattr(model, "decode_plan", None) or {}
     return {"rows": int(plan.get("rows") or DEFAULT_ROWS),
             "together": bool(plan.get("row_invariant", True)),
-            "workers": int(plan.get("workers") or 1), "threads": int(plan.get("threads") or 0)}
+            "workers": int(plan.get("workers") or 1), "threads": int(plan.get("threads") or 0),
+            "kv_int8": plan.get("kv") == "int8"}
 
 
 def _batches(idx: list[int], sizes: list[int], rows: int, together: bool):
@@ -335,7 +340,10 @@ def _batches(idx: list[int], sizes: list[int], rows: int, together: bool):
 
 def _run(model, groups, settings, device, grammar):
     """generate_groups over batches sized by the sampler's plan, with its workers and threads;
-    prefixes of different lengths go in different batches."""
+    prefixes of different lengths go in different batches. With several workers, a batch of at
+    least as many groups is split between them by groups, each worker decoding its share on its
+    own (no step waits for another: the workers drift apart, one reading its cache while another
+    multiplies); a batch of fewer groups is split by rows, in lockstep (generate_groups)."""
     plan = _plan(model)
     together = plan["together"]
     if settings.use_cache and not hasattr(type(model.new_cache(1)), "cat"):
@@ -343,16 +351,49 @@ def _run(model, groups, settings, device, grammar):
     by_len: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         by_len.setdefault(len(g.prefix), []).append(i)
-    workers = max(1, min(plan["workers"], torch.get_num_threads()))
+    workers = max(1, min(plan["workers"], torch.get_num_threads())) if torch.device(device).type == "cpu" else 1
     out = [None] * len(groups)
+    lock = threading.Lock()
+
+    def decode(batch, w):
+        toks = generate_groups(model, [groups[i] for i in batch], settings, device, grammar, w,
+                               plan["kv_int8"])
+        for i, t in zip(batch, toks):
+            out[i] = t
+
     with decode_threads(model):
         for idx in by_len.values():
             for batch in _batches(idx, [groups[i].n for i in idx], plan["rows"], together):
-                toks = generate_groups(model, [groups[i] for i in batch], settings, device,
-                                       grammar, workers)
-                for i, t in zip(batch, toks):
-                    out[i] = t
+                if workers > 1 and together and len(batch) >= workers:
+                    shares = _shares(batch, [groups[i].n for i in batch], workers)
+                    for i in batch:               # callbacks one at a time, from any worker
+                        groups[i] = _locked(groups[i], lock)
+                    with Workers(len(shares)) as pool:
+                        pool.map(lambda k: decode(shares[k], 1), range(len(shares)))
+                else:
+                    decode(batch, workers)
     return out
+
+
+def _shares(batch: list[int], sizes: list[int], n: int) -> list[list[int]]:
+    """batch (group indices) cut into n consecutive shares of about equal rows."""
+    total, shares, acc = sum(sizes), [[] for _ in range(n)], 0
+    for i, size in zip(batch, sizes):
+        k = min(n - 1, acc * n // total)
+        shares[k].append(i)
+        acc += size
+    return [s for s in shares if s]
+
+
+def _locked(group: Group, lock) -> Group:
+    if group.on_step is None:
+        return group
+    fn = group.on_step
+
+    def step(t, toks):
+        with lock:
+            fn(t, toks)
+    return Group(group.prefix, group.n, group.generator, step)
 
 
 class decode_threads:

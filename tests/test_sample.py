@@ -146,25 +146,26 @@ def test_generate_with_a_mock_model_follows_its_logits_and_the_grammar():
     assert lines == ["5" + "y" * 150 + ")"] * 3                   # greedy: the favourite, then ')'
 
 
-def planned(model, workers=1, rows=1024, together=True):
+def planned(model, workers=1, rows=1024, together=True, kv="model"):
     """The model with a decode plan, as packing.prepare_for_sampling attaches one."""
     model.decode_plan = {"dtype": "fp32", "workers": workers, "threads": None, "rows": rows,
-                         "row_invariant": together}
+                         "row_invariant": together, "kv": kv}
     return model
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 24])
-@pytest.mark.parametrize("workers", [1, 2])
-def test_batched_digits_equal_each_digit_alone(n, workers):
-    """All digits in one decode (split over workers, padded to MIN_ROWS) give each digit exactly
-    the lines it gets alone, and on_step sees each digit's own rows at every position."""
-    model = planned(tiny(), workers)
+@pytest.mark.parametrize("workers, kv", [(1, "model"), (2, "model"), (2, "int8")])
+def test_batched_digits_equal_each_digit_alone(n, workers, kv):
+    """All digits in one decode (split over workers, padded to MIN_ROWS, keys and values as the
+    plan stores them) give each digit exactly the lines it gets alone, and on_step sees each
+    digit's own rows at every position."""
+    model = planned(tiny(), workers, kv=kv)
     s = sample.SampleSettings(temperature=1.0)
     seen = {}
     together = sample.sample_digits(model, list(range(10)), n, s, seed=3,
                                     on_step=lambda d, t, toks: seen.setdefault(d, []).append((t, toks.shape)))
     for d in (0, 4, 9):
-        assert sample.sample_digits(planned(tiny(), 1), [d], n, s, seed=3)[d] == together[d]
+        assert sample.sample_digits(planned(tiny(), 1, kv=kv), [d], n, s, seed=3)[d] == together[d]
     assert all(v == [(t, (n, 152)) for t in range(1, 151)] for v in seen.values())
     assert all(codec.decode(l)[0] == d for d, ls in together.items() for l in ls)
 
@@ -192,27 +193,30 @@ def test_completions_batch_by_prefix_length_and_keep_their_seeds():
 
 
 def test_groups_that_end_early_stop_drawing_random_numbers():
-    """A group whose lines are spelled out draws nothing more from its generator: a group with
-    more symbols given (ending earlier) gives the same lines beside a longer one as alone."""
+    """With tokens that spell several symbols (as BPE's do) groups end at different steps; a
+    group whose lines are all spelled out draws nothing more from its generator and rides
+    along on ')' and <pad>: beside other groups it gets the tokens it gets alone."""
+    base = tk.Grammar.character()
+    sym_len = base.sym_len.copy()
+    sym_len[tk.SYMBOL_OFFSET] = 25          # ':' spells 25 blank symbols here: lines end early
+    grammar = tk.Grammar(sym_len, list(base.strings))
     model = tiny()
-    s = sample.SampleSettings(temperature=1.0)
-    sym = tk.SYMBOL_OFFSET
-    short, long_ = [3] + [sym + 5] * 100, [4] + [sym + 6] * 100
-    # the same token length: decoded together; the BPE-like grammar is the character one here,
-    # so end them apart by hand: the first group starts with 20 symbols more given
-    g1 = sample.Group(short, 5, sample.make_generator(1))
-    g2 = sample.Group(long_[:81], 5, sample.make_generator(2))
-    with pytest.raises(ValueError, match="same length"):
-        sample.generate_groups(model, [g1, g2], s)
-    g2 = sample.Group(long_, 5, sample.make_generator(2))
-    a, b = sample.generate_groups(model, [g1, g2], s)
-    alone = sample.generate(model, short, 5, sample.make_generator(1), s)
-    assert torch.equal(a, alone) and b.shape == a.shape
+    s = sample.SampleSettings(temperature=1.5)
+    groups = [sample.Group([d], 6, sample.make_generator(d)) for d in range(4)]
+    together = sample.generate_groups(model, groups, s, grammar=grammar)
+    lengths = {t.shape[1] for t in together}
+    assert len(lengths) > 1                 # the groups did end at different steps
+    for d, got in enumerate(together):
+        alone = sample.generate(model, [d], 6, sample.make_generator(d), s, grammar=grammar)
+        assert torch.equal(got, alone)
+        spelled = torch.as_tensor(sym_len)[got[:, 1:]].sum(1)
+        assert (spelled == 150).all()
 
 
 def gqa(seed=0):
+    """Grouped-query attention: 2 query heads share 1 key/value head."""
     torch.manual_seed(seed)
-    return build_model(GPTConfig(**dict(PRESETS["tiny"], n_head=4, n_kv_head=2))).eval()
+    return build_model(GPTConfig(**dict(PRESETS["tiny"], n_kv_head=1))).eval()      # 2 query heads, 1 kv
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -282,3 +286,24 @@ def test_rows_are_batch_independent_on_this_machine():
     real model at first use): a row's logits do not depend on the rows beside it."""
     assert machine.rows_independent(tiny(), 64)
     assert machine.rows_independent(prepare_for_sampling(tiny(), "bf16"), 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_keys_and_values_stay_close(dtype):
+    """A cache joined with int8=True (what the plan's kv 'int8' does) decodes to logits close to
+    the model's own dtype's (the per-position scales keep the error at int8's resolution)."""
+    if kvcache.native_attend() is None:
+        pytest.skip("no C compiler: int8 caches need the native kernel")
+    model = tiny().to(dtype)
+    idx = torch.randint(10, 74, (20, 50))
+    runs = []
+    with torch.inference_mode():
+        for int8 in (False, True):
+            c = model.new_cache(1)
+            steps = [model(idx[:1, :5], kv_cache=c)[0].expand(20, -1, -1)]
+            c = type(c).cat([c], 20, int8=int8)
+            assert c.int8 == int8
+            steps += [model(idx[:, t:t + 1], kv_cache=c)[0] for t in range(5, 50)]
+            runs.append(torch.cat(steps, 1).float())
+            assert torch.equal(c.layer_view(1, c.k, 5)[0], c.layer_view(1, c.k, 5)[7])
+    torch.testing.assert_close(runs[1], runs[0], atol=0.05, rtol=0.05)

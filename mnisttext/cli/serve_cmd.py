@@ -5,7 +5,7 @@
 """
 from __future__ import annotations
 
-from .common import command
+from .common import command, device_arg, int_range
 
 
 def register(sub) -> None:
@@ -14,4 +14,11 @@ def register(sub) -> None:
         "mnisttext serve",
         "mnisttext serve --port 8080 --checkpoint runs/x/best"])
     serve.add_args(s)
+    # the CLI's checked types: a bad port or device is refused before anything is bound
+    checked = {"--port": int_range(0, 65535), "--device": device_arg,
+               "--max-queue": int_range(1, 10_000), "--max-candidates": int_range(1, 1024)}
+    for action in s._actions:
+        for opt in action.option_strings:
+            if opt in checked:
+                action.type = checked[opt]
     s.set_defaults(func=serve.run)

@@ -137,6 +137,8 @@ def minutes_text(seconds: float) -> str:
 
 def cmd_train(args) -> int:
     recipe, flags = flags_of(args)
+    # the run folder named in one line if it cannot be one (a file, a corpus, read-only, /sys)
+    writable_dir(Path(flags.get("out") or config.TrainConfig.out), "--out")
     plan = train.plan_run(recipe, flags)
     reporter = TrainReporter()
     result = train.train(plan, reporter)
@@ -233,6 +235,7 @@ def cmd_ship(args) -> int:
     src = checkpoint.resolve(args.run_checkpoint)
     out = Path(args.out)
     check_ship_target(src, out, args.force)
+    writable_dir(out.parent if str(out.parent) else Path("."), "--out")
     train.ship(src, out)
     console.print(f"shipped {src} -> {out}", soft_wrap=True)
     console.print(f"next: mnisttext generate --checkpoint {out} --digits 0-9", soft_wrap=True)
