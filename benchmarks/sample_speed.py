@@ -6,7 +6,7 @@ model, against the FLOP floor, against the matmul peak, and against the previous
     python benchmarks/sample_speed.py --checkpoint runs/x/best --candidates 32 --no-cache-repeats 1
 
 In one run, on this machine:
-- the decode plan is measured afresh (machine.decode_plan: dtype, workers and threads, the keys'
+- the decode plan is measured afresh (tuning.decode_plan: dtype, workers and threads, the keys'
   and values' storage, rows per batch), as a first use would, and its cost reported;
 - all ten digits in one decode, reranked (what `generate --digits 0-9` does after loading), timed
   --repeats times;
@@ -35,10 +35,11 @@ import torch
 from common import ROOT, cpu_name, machine, matmul_peak, print_table, record
 from mnisttext import checkpoint, kvcache, sample
 from mnisttext import machine as mach
+from mnisttext import tuning
 from mnisttext import tokenizer as tk
 from mnisttext.classifier import load_classifier
 from mnisttext.codec import bpp_of_length
-from mnisttext.packing import prepare_for_sampling
+from mnisttext.tuning import prepare_for_sampling
 
 OLD_COMMIT = "a91493b"        # the release before the batched decoder
 
@@ -96,7 +97,7 @@ def main():
     t0 = time.perf_counter()
     if not a.keep_plan:
         from mnisttext.packing import build_sampler
-        mach.decode_plan(model, build_sampler, refresh=True)
+        tuning.decode_plan(model, build_sampler, refresh=True)
     sampler = prepare_for_sampling(model, a.dtype)
     plan_s = time.perf_counter() - t0
     plan = sampler.decode_plan

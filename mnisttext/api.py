@@ -23,7 +23,7 @@ import torch
 from . import checkpoint, codec, metrics, paths, render, runtime, sample
 from . import tokenizer as tk
 from .classifier import load_classifier, probs
-from .packing import prepare_for_sampling
+from .tuning import prepare_for_sampling
 from .text import decode, encode, to_levels
 
 __all__ = ["Model", "Generation", "load", "decode", "encode", "examples"]

@@ -22,7 +22,7 @@ import torch
 from . import checkpoint, codec, data, metrics, paths, sample
 from . import tokenizer as tk
 from .classifier import features, load_classifier, predict_logits
-from .packing import prepare_for_sampling
+from .tuning import prepare_for_sampling
 
 
 def _null_progress(stage: str, done: int, total: int) -> None:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from .machine import cache_path, cpu_model
+
 ALIGN = 16          # capacities are padded to a multiple of this: the kernel reads 16 positions at once
 
 
@@ -661,7 +663,6 @@ _native_tried = False
 
 
 def native_dir() -> Path:
-    from .machine import cache_path
     return cache_path().parent
 
 
@@ -676,7 +677,6 @@ def build_native(directory: Path | None = None) -> Path | None:
     """Compile NATIVE_SOURCE into directory (the machine cache) once (~1 s); the library's
     path, or None where there is no C compiler or it fails. The file name hashes the source, the
     flags, the compiler's path and the CPU, so a changed kernel or another machine builds its own."""
-    from .machine import cpu_model
     cc = _compiler()
     if cc is None:
         return None

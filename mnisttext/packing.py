@@ -1,12 +1,9 @@
 """Decode-time weights: the model as the sampler runs it.
 
-    from mnisttext.packing import prepare_for_sampling
-    fast = prepare_for_sampling(model, "auto")    # the dtype a measured decode step prefers here
-    fast.decode_plan          # {'dtype', 'workers', 'threads', 'kv', 'rows', 'row_invariant'}
+    from mnisttext.packing import build_sampler
+    fast = build_sampler(model, "bf16")          # a bf16 copy, linear layers prepacked on a CPU
 
-On a CPU "auto" follows machine.decode_plan: decode steps of this model timed once per machine in
-fp32 and in bf16 (cached), which also sets the decode threads and the rows per decode batch that
-the sampler uses. Casting the weights once beats autocast, which would recast every weight at
+Which dtype to sample in is measured per machine (tuning.prepare_for_sampling). Casting the weights once beats autocast, which would recast every weight at
 every decode step. On a CPU in bf16 the linear layers' weights are also reordered once into
 oneDNN's blocked layout (PackedLinear): F.linear reorders the weight on every call, a good part
 of a call with the few-hundred-row inputs of a decode step.
@@ -20,9 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from . import machine
 from .model import GPT
-from .runtime import DTYPES, use_bf16
 
 
 class PackedLinear(nn.Module):
@@ -93,29 +88,3 @@ def build_sampler(model: nn.Module, dtype: str) -> nn.Module:
     if next(model.parameters()).device.type == "cpu":
         pack_for_cpu_decode(fast)
     return fast
-
-
-def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
-    """The model to sample with, in eval mode, carrying its `decode_plan` (the dtype, the decode
-    workers and threads, the keys' and values' storage, the rows per decode batch, whether rows
-    are batch-independent), which sample.sample_digits follows. dtype 'auto' takes the plan's dtype on a CPU (a measured
-    decode step, machine.decode_plan) and bf16 on a GPU that has it; 'bf16'/'fp32' force one."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    device = next(model.parameters()).device
-    if device.type == "cpu" and isinstance(model, GPT):
-        plan = machine.decode_plan(model, build_sampler)
-        choice = machine._forced() or (plan["choice"] if dtype == "auto" else dtype)
-        entry = plan.get(choice, {})
-        sampler = build_sampler(model, choice)
-        sampler.decode_plan = {"dtype": choice, "workers": entry.get("workers", 1),
-                               "threads": entry.get("threads"), "kv": entry.get("kv", "model"),
-                               "rows": entry.get("rows", machine.MAX_ROWS),
-                               "row_invariant": entry.get("row_invariant", False)}
-        return sampler
-    choice = "bf16" if use_bf16(device, dtype) else "fp32"
-    sampler = build_sampler(model, choice)
-    invariant = machine.rows_independent(sampler) if isinstance(model, GPT) else False
-    sampler.decode_plan = {"dtype": choice, "workers": 1, "threads": None, "kv": "model",
-                           "rows": machine.MAX_ROWS, "row_invariant": invariant}
-    return sampler

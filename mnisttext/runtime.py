@@ -17,6 +17,8 @@ import sys
 import torch
 import torch.nn as nn
 
+from .machine import cpu_dtype_choice
+
 DTYPES = ("auto", "bf16", "fp32")
 
 
@@ -61,7 +63,7 @@ def use_bf16(device, dtype: str = "auto") -> bool:
     """The dtype decision for training and teacher-forced evaluation (autocast): 'bf16' / 'fp32'
     force it; 'auto' picks bf16 on a GPU that has it and, on a CPU, only where a training step's
     matmuls measured faster in bf16 (machine.cpu_dtype_choice, timed once and cached). The
-    sampler decides for itself from a timed decode step (packing.prepare_for_sampling)."""
+    sampler decides for itself from a timed decode step (tuning.prepare_for_sampling)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     device = torch.device(device)
@@ -71,7 +73,6 @@ def use_bf16(device, dtype: str = "auto") -> bool:
         return False
     if device.type == "cuda":
         return True
-    from .machine import cpu_dtype_choice      # measured once per machine, then cached
     return cpu_dtype_choice() == "bf16"
 
 

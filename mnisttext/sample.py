@@ -10,6 +10,7 @@ model once and its cache is then copied to all candidates.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +73,7 @@ def _check_prefix(prefix, sym_len, n_sym) -> int:
 # Rows of a decode batch are computed independently of each other only above a few rows: with
 # fewer, MKL's fp32 GEMM takes another kernel (at M <= 3 on one thread, at M < 12 and not a
 # multiple of 4 on two). Batches are padded to this many rows, so a row's logits are the same
-# whatever else is decoded beside it (machine.decode_plan checks it on the real model).
+# whatever else is decoded beside it (tuning.decode_plan checks it on the real model).
 MIN_ROWS = 16
 
 
@@ -94,7 +95,7 @@ def generate(model, prefix: list[int], n: int, generator: torch.Generator,
 
     Constrained decoding: a row may only take body tokens that fit in its remaining symbols, and
     once its 150*bpp symbols are spelled, ')' and then <pad>. on_step(t, tokens) is called after
-    position t is filled. The model runs in its own dtype (see packing.prepare_for_sampling)."""
+    position t is filled. The model runs in its own dtype (see tuning.prepare_for_sampling)."""
     return generate_groups(model, [Group(prefix, n, generator, on_step)], settings, device, grammar)[0]
 
 
@@ -120,72 +121,24 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
     _check_settings(settings)
     if not groups:
         return []
-    P = len(groups[0].prefix)
-    if any(len(g.prefix) != P for g in groups):
-        raise ValueError("groups decoded together need prefixes of the same length")
     sym_len = torch.as_tensor(grammar.sym_len, device=device)                  # (V,)
-    body = sym_len > 0
-    given = [_check_prefix(g.prefix, sym_len, n_sym) for g in groups]
-    lengths = [P + (n_sym - gv) + 1 for gv in given]   # the longest a line can get: 1 symbol a token
-    sizes = [g.n for g in groups]
-    R = sum(sizes)
-    pad = max(0, MIN_ROWS - R)                          # dummy rows: a copy of the last group's
-    rows_of = []
-    start = 0
-    for n in sizes:
-        rows_of.append(slice(start, start + n))
-        start += n
-    Rp = R + pad
-    counts = sizes[:-1] + [sizes[-1] + pad]             # rows holding each group's prefix
-    out = torch.full((Rp, max(lengths)), tk.PAD_ID, dtype=torch.long, device=device)
-    for g, r in zip(groups, rows_of):
-        out[r, :P] = torch.tensor(g.prefix, device=device)
-    out[R:, :P] = out[R - 1, :P]
-    remaining = torch.tensor([n_sym - gv for gv, n in zip(given, counts) for _ in range(n)],
-                             dtype=torch.long, device=device)
-    ended = torch.zeros(Rp, dtype=torch.bool, device=device)
-    rows = torch.arange(Rp, device=device)
-    # prefill: each prefix once, at batch 1 (as a group alone would), then copied to its rows
-    logits, caches = [], []
-    for g in groups:
-        cache = model.new_cache(1) if settings.use_cache else None
-        logits.append(model(torch.tensor([g.prefix], device=device), kv_cache=cache)[0][:, -1])
-        caches.append(cache)
-    logits = torch.cat([lg.expand(c, -1) for lg, c in zip(logits, counts)])     # (Rp, V)
-    slices = _slices(Rp, workers if device.type == "cpu" else 1)
-    slice_caches = [_join_caches(caches, counts, s, kv_int8) for s in slices] if settings.use_cache else None
-    active = [True] * len(groups)
-    ends = list(lengths)
-    t = P
+    b = _layout(groups, n_sym, sym_len, device)
+    logits, caches = _prefill(model, groups, b.counts, settings.use_cache, device)   # (Rp, V)
+    slices = _slices(b.Rp, workers if device.type == "cpu" else 1)
+    slice_caches = [_join_caches(caches, b.counts, s, kv_int8) for s in slices] if settings.use_cache else None
+    active, ends = [True] * len(groups), list(b.lengths)
+    t = b.P
     with Workers(len(slices)) as pool:
         while True:
-            allowed, fin = _allowed(body, sym_len, remaining, ended, rows)
-            logits = logits.float()
-            if not bool(torch.isfinite(logits).any(-1).all()) or bool(logits.isnan().any()):
-                raise SamplingError("the model produced NaN or infinite logits: its weights are "
-                                    "broken (a diverged or corrupt checkpoint)")
-            logits = logits.masked_fill(~allowed, float("-inf"))
-            u = None
-            if settings.temperature > 0:
-                u = torch.zeros(Rp, 1, device=device)
-                for g, r, a in zip(groups, rows_of, active):
-                    if a:
-                        u[r] = torch.rand(g.n, 1, generator=g.generator, device=device)
+            allowed, fin = _allowed(sym_len > 0, sym_len, b.remaining, b.ended, b.rows)
+            logits = _checked(logits).masked_fill(~allowed, float("-inf"))
+            u = _uniforms(groups, b, active, device) if settings.temperature > 0 else None
             tok = _sample_rows(logits, u, settings.temperature, settings.top_k, settings.top_p)   # (Rp,)
-            out[:, t] = tok
-            remaining -= sym_len[tok]
-            ended |= fin
+            b.out[:, t] = tok
+            b.remaining -= sym_len[tok]
+            b.ended |= fin
             t += 1
-            spelled = remaining == 0
-            for i, (g, r) in enumerate(zip(groups, rows_of)):
-                if not active[i]:
-                    continue
-                if g.on_step:
-                    g.on_step(t - 1, out[r, :lengths[i]])
-                if bool(spelled[r].all()):        # the rest is ')' (or <pad>), nothing to sample
-                    out[r, t] = torch.where(ended[r], tk.PAD_ID, tk.END_ID)
-                    active[i], ends[i] = False, t + 1
-
+            _close_groups(groups, b, t, active, ends)
             if not any(active):
                 break
 
@@ -193,10 +146,87 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
                 s = slices[i]
                 if slice_caches is not None:
                     return model(tok[s, None], kv_cache=slice_caches[i])[0][:, -1]
-                return model(out[s, :t])[0][:, -1]
+                return model(b.out[s, :t])[0][:, -1]
 
             logits = torch.cat(pool.map(forward, range(len(slices))))             # (Rp, V)
-    return [out[r, :e] for r, e in zip(rows_of, ends)]
+    return [b.out[r, :e] for r, e in zip(b.rows_of, ends)]
+
+
+@dataclass
+class _Batch:
+    """The rows of several groups decoded together (and the dummy rows that pad it)."""
+    P: int                    # prefix length in tokens, the same for every group
+    lengths: list             # the longest each group's lines can get
+    rows_of: list             # each group's rows (slices)
+    counts: list              # rows holding each group's prefix (the last group's padding too)
+    out: torch.Tensor         # (Rp, L) tokens
+    remaining: torch.Tensor   # (Rp,) symbols still to spell
+    ended: torch.Tensor       # (Rp,) ')' written
+    rows: torch.Tensor        # (Rp,) row indices
+    Rp: int
+
+
+def _layout(groups, n_sym, sym_len, device) -> _Batch:
+    P = len(groups[0].prefix)
+    if any(len(g.prefix) != P for g in groups):
+        raise ValueError("groups decoded together need prefixes of the same length")
+    given = [_check_prefix(g.prefix, sym_len, n_sym) for g in groups]
+    lengths = [P + (n_sym - gv) + 1 for gv in given]   # the longest a line can get: 1 symbol a token
+    sizes = [g.n for g in groups]
+    R = sum(sizes)
+    pad = max(0, MIN_ROWS - R)                          # dummy rows: a copy of the last group's
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    rows_of = [slice(a, a + n) for a, n in zip(starts, sizes)]
+    counts = sizes[:-1] + [sizes[-1] + pad]
+    out = torch.full((R + pad, max(lengths)), tk.PAD_ID, dtype=torch.long, device=device)
+    for g, r in zip(groups, rows_of):
+        out[r, :P] = torch.tensor(g.prefix, device=device)
+    out[R:, :P] = out[R - 1, :P]
+    remaining = torch.tensor([n_sym - gv for gv, n in zip(given, counts) for _ in range(n)],
+                             dtype=torch.long, device=device)
+    return _Batch(P, lengths, rows_of, counts, out, remaining,
+                  torch.zeros(R + pad, dtype=torch.bool, device=device),
+                  torch.arange(R + pad, device=device), R + pad)
+
+
+def _prefill(model, groups, counts, use_cache: bool, device):
+    """Each prefix once, at batch 1 (as a group alone would), its logits copied to its rows."""
+    logits, caches = [], []
+    for g in groups:
+        cache = model.new_cache(1) if use_cache else None
+        logits.append(model(torch.tensor([g.prefix], device=device), kv_cache=cache)[0][:, -1])
+        caches.append(cache)
+    return torch.cat([lg.expand(c, -1) for lg, c in zip(logits, counts)]), caches
+
+
+def _checked(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if not bool(torch.isfinite(logits).any(-1).all()) or bool(logits.isnan().any()):
+        raise SamplingError("the model produced NaN or infinite logits (a diverged or corrupt "
+                            "checkpoint; with --dtype bf16, try --dtype fp32)")
+    return logits
+
+
+def _uniforms(groups, b: _Batch, active, device) -> torch.Tensor:
+    """(Rp, 1): each active group's n uniforms from its own generator, in row order."""
+    u = torch.zeros(b.Rp, 1, device=device)
+    for g, r, a in zip(groups, b.rows_of, active):
+        if a:
+            u[r] = torch.rand(g.n, 1, generator=g.generator, device=device)
+    return u
+
+
+def _close_groups(groups, b: _Batch, t: int, active, ends) -> None:
+    """on_step for each active group; a group whose lines are all spelled gets its ')' now."""
+    spelled = b.remaining == 0
+    for i, (g, r) in enumerate(zip(groups, b.rows_of)):
+        if not active[i]:
+            continue
+        if g.on_step:
+            g.on_step(t - 1, b.out[r, :b.lengths[i]])
+        if bool(spelled[r].all()):        # the rest is ')' (or <pad>), nothing to sample
+            b.out[r, t] = torch.where(b.ended[r], tk.PAD_ID, tk.END_ID)
+            active[i], ends[i] = False, t + 1
 
 
 def _slices(rows: int, workers: int) -> list[slice]:
@@ -236,7 +266,6 @@ class Workers:
 
     def __enter__(self):
         if self.n > 1:
-            from concurrent.futures import ThreadPoolExecutor
             self.old = torch.get_num_threads()
             torch.set_num_threads(1)
             self.pool = ThreadPoolExecutor(self.n - 1, initializer=_one_torch_thread)
@@ -314,7 +343,7 @@ DEFAULT_ROWS = 1024      # rows per decode batch where the model carries no meas
 
 
 def _plan(model) -> dict:
-    """The sampler's decode plan (packing.prepare_for_sampling attaches one): rows per batch,
+    """The sampler's decode plan (tuning.prepare_for_sampling attaches one): rows per batch,
     whether groups may share a batch, workers and torch threads, the keys' and values' storage;
     defaults for a bare model."""
     plan = getattr(model, "decode_plan", None) or {}

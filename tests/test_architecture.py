@@ -11,7 +11,7 @@ PKG = ROOT / "mnisttext"
 LAYERS = [
     ["paths"], ["codec"], ["text", "tokenizer"], ["data"], ["machine"], ["runtime"], ["kvcache"],
     ["gru"], ["model"], ["checkpoint"], ["packing"], ["classifier"], ["classifier_train"],
-    ["sample"], ["metrics"], ["render"], ["progress"], ["evaluate"], ["config"], ["train"],
+    ["sample"], ["tuning"], ["metrics"], ["render"], ["progress"], ["evaluate"], ["config"], ["train"],
     ["api"], ["serve"], ["cli.common"], ["cli.data_cmds", "cli.sample_cmds", "cli.eval_cmd",
                                          "cli.train_cmds", "cli.serve_cmd"], ["cli"],
     ["__main__"], ["__init__"],

@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from mnisttext import kvcache, machine, runtime, sample
+from mnisttext import kvcache, machine, runtime, sample, tuning
 from mnisttext.model import PRESETS, GPTConfig, build_model
-from mnisttext.packing import build_sampler, prepare_for_sampling
+from mnisttext.packing import build_sampler
+from mnisttext.tuning import prepare_for_sampling
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +66,8 @@ def fake_steps(monkeypatch, times, int8=1.0):
         dtype = "bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32"
         t64, t256 = times[(dtype, workers, torch.get_num_threads())]
         return (t64 if rows == 64 else t256) * (factor if int8 else 1.0)
-    monkeypatch.setattr(machine, "time_decode_step", step)
-    monkeypatch.setattr(machine, "DECODE_ROWS", (64, 256))
+    monkeypatch.setattr(tuning, "time_decode_step", step)
+    monkeypatch.setattr(tuning, "DECODE_ROWS", (64, 256))
 
 
 def test_the_decode_plan_follows_the_timings(monkeypatch):
@@ -77,7 +78,7 @@ def test_the_decode_plan_follows_the_timings(monkeypatch):
                              ("bf16", 1, 1): (0.5, 1.0), ("bf16", 1, 2): (0.4, 0.9),
                              ("bf16", 2, 1): (0.45, 0.6)})
     cands = {d: build_sampler(model, d) for d in ("fp32", "bf16")}
-    plan = machine.measure_decode(model, cands, configs)
+    plan = tuning.measure_decode(model, cands, configs)
     assert plan["choice"] == "bf16"                      # 0.6/256 beats 1.1/256 by the margin
     assert (plan["bf16"]["workers"], plan["bf16"]["threads"]) == (2, 1)
     assert (plan["fp32"]["workers"], plan["fp32"]["threads"]) == (2, 1)
@@ -85,11 +86,11 @@ def test_the_decode_plan_follows_the_timings(monkeypatch):
     assert plan["bf16"]["kv"] == "model"                 # int8 keys and values were no faster
     # no gain per row from more rows: batches of one digit's candidates
     fake_steps(monkeypatch, {(d, w, t): (0.1, 0.4) for d in ("fp32", "bf16") for w, t in configs})
-    plan = machine.measure_decode(model, cands, configs)
+    plan = tuning.measure_decode(model, cands, configs)
     assert plan["choice"] == "fp32" and plan["fp32"]["rows"] == 64
     # int8 keys and values twice as fast: chosen, and it decides the dtype
     fake_steps(monkeypatch, {("fp32", 1, 1): (1.0, 2.0), ("bf16", 1, 1): (0.5, 1.5)}, int8=0.5)
-    plan = machine.measure_decode(model, cands, [(1, 1)])
+    plan = tuning.measure_decode(model, cands, [(1, 1)])
     if kvcache.native_attend() is not None:
         assert plan["fp32"]["kv"] == plan["bf16"]["kv"] == "int8" and plan["choice"] == "bf16"
 
@@ -97,11 +98,11 @@ def test_the_decode_plan_follows_the_timings(monkeypatch):
 def test_prepare_for_sampling_measures_once_and_attaches_the_plan(monkeypatch, machine_cache):
     model = tiny()
     calls = []
-    real = machine.measure_decode
-    monkeypatch.setattr(machine, "measure_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tuning.measure_decode
+    monkeypatch.setattr(tuning, "measure_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
     fast = prepare_for_sampling(model, "auto")
     assert set(fast.decode_plan) == {"dtype", "workers", "threads", "kv", "rows", "row_invariant"}
-    key = machine._key("decode", machine.model_signature(model))
+    key = machine._key("decode", tuning.model_signature(model))
     assert json.loads(machine_cache.read_text())[key]["choice"] == fast.decode_plan["dtype"]
     assert prepare_for_sampling(model, "fp32").decode_plan["dtype"] == "fp32"
     assert prepare_for_sampling(model, "bf16").decode_plan["dtype"] == "bf16"
@@ -136,3 +137,9 @@ def test_without_the_native_kernel_the_cache_is_plain(monkeypatch):
         assert not c.chunked and c.k.shape == (1, 2, 2, 32, 16)
     finally:
         kvcache.set_native(True)
+
+
+def test_the_first_measurement_works_inside_inference_mode(machine_cache):
+    # e.g. the web page's first request is a classify, already under inference_mode
+    with torch.inference_mode():
+        assert machine.cpu_dtype_choice() in ("bf16", "fp32")

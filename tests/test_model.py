@@ -250,7 +250,7 @@ def test_bad_option_values_name_the_field(change, field):
 def test_options_sample_path_equals_the_model(name):
     """The sampler's bf16 (prepacked on a CPU) copy gives the model's logits, decoding with the
     cache (packing.py fuses the GELU into c_fc only for act="gelu")."""
-    from mnisttext.packing import prepare_for_sampling
+    from mnisttext.tuning import prepare_for_sampling
     from mnisttext.runtime import bf16_capable
     if not bf16_capable("cpu"):
         pytest.skip("no bf16 on this CPU: the sampler keeps the fp32 model")

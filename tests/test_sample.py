@@ -6,10 +6,11 @@ import copy
 import pytest
 import torch
 
-from mnisttext import codec, kvcache, machine, sample
+from mnisttext import codec, kvcache, machine, sample, tuning
 from mnisttext import tokenizer as tk
 from mnisttext.model import PRESETS, GPTConfig, build_model
-from mnisttext.packing import PackedLinear, pack_for_cpu_decode, prepare_for_sampling
+from mnisttext.packing import PackedLinear, pack_for_cpu_decode
+from mnisttext.tuning import prepare_for_sampling
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +148,7 @@ def test_generate_with_a_mock_model_follows_its_logits_and_the_grammar():
 
 
 def planned(model, workers=1, rows=1024, together=True, kv="model"):
-    """The model with a decode plan, as packing.prepare_for_sampling attaches one."""
+    """The model with a decode plan, as tuning.prepare_for_sampling attaches one."""
     model.decode_plan = {"dtype": "fp32", "workers": workers, "threads": None, "rows": rows,
                          "row_invariant": together, "kv": kv}
     return model
@@ -282,10 +283,10 @@ def test_a_cache_read_back_equals_what_was_written():
 
 
 def test_rows_are_batch_independent_on_this_machine():
-    """What sample_digits relies on to batch digits (machine.rows_independent checks it on the
+    """What sample_digits relies on to batch digits (tuning.rows_independent checks it on the
     real model at first use): a row's logits do not depend on the rows beside it."""
-    assert machine.rows_independent(tiny(), 64)
-    assert machine.rows_independent(prepare_for_sampling(tiny(), "bf16"), 64)
+    assert tuning.rows_independent(tiny(), 64)
+    assert tuning.rows_independent(prepare_for_sampling(tiny(), "bf16"), 64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
