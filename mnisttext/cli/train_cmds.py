@@ -137,9 +137,9 @@ def minutes_text(seconds: float) -> str:
 
 def cmd_train(args) -> int:
     recipe, flags = flags_of(args)
+    plan = train.plan_run(recipe, flags)
     # the run folder named in one line if it cannot be one (a file, a corpus, read-only, /sys)
     writable_dir(Path(flags.get("out") or config.TrainConfig.out), "--out")
-    plan = train.plan_run(recipe, flags)
     reporter = TrainReporter()
     result = train.train(plan, reporter)
     if os.environ.get("RANK", "0") != "0":      # under torchrun, rank 0 speaks for the job
