@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from . import tokenizer as tk
 from .model import GPTConfig, build_model
+from .paths import fsync_dir
 
 try:
     import fcntl
@@ -103,7 +104,7 @@ def swap_in(new: Path, path: Path) -> None:
     if path.exists():
         os.replace(path, old)
     os.replace(new, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if old.exists():
         os.replace(old, trash)
         shutil.rmtree(trash, ignore_errors=True)
@@ -121,19 +122,6 @@ def remove_dir(path) -> None:
 
 def _hidden(path: Path, kind: str) -> Path:
     return path.with_name(f".{path.name}.{kind}{os.getpid()}")
-
-
-def _fsync_dir(d: Path) -> None:
-    try:                    # the renames reach the disk (not possible on every platform)
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def pid_alive(pid: int) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import codec, paths
+from .paths import fsync_dir
 from . import tokenizer as tk
 
 SPLITS = ("train", "test")
@@ -271,21 +272,8 @@ def _swap_in(tmp: Path, out_dir: Path) -> None:
         if old.exists() and not out_dir.exists():
             os.replace(old, out_dir)       # put the old corpus back
         raise
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(d: Path) -> None:
-    try:                    # the renames reach the disk (not possible on every platform)
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_sums(corpus_dir) -> dict:

@@ -9,6 +9,7 @@ In a wheel the checkpoints sit inside the package (mnisttext/checkpoints/); in a
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -41,3 +42,17 @@ def is_shipped(path) -> bool:
 def examples_file() -> Path:
     """A few hundred test lines shipped with the package (for `complete` and the web page)."""
     return PACKAGE / "examples.txt"
+
+
+def fsync_dir(d: Path) -> None:
+    """Make the renames in folder d reach the disk (not possible on every platform)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
