@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from . import tokenizer as tk
 from .model import GPTConfig, build_model
-from .paths import fsync_dir
+from .paths import fsync_dir, hidden, pid_alive
 
 try:
     import fcntl
@@ -76,7 +76,7 @@ def write_dir(path, tensors: dict[str, dict[str, torch.Tensor]], jsons: dict[str
     if path.is_dir() and not (path / "config.json").exists() and any(path.iterdir()):
         raise CheckpointError(f"{path}: exists and is not a checkpoint folder; not replacing it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _hidden(path, "tmp")
+    tmp = hidden(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, tdict in tensors.items():
@@ -96,7 +96,7 @@ def swap_in(new: Path, path: Path) -> None:
     """Move the complete directory `new` to `path`, keeping `path` or `path.old` complete at
     every moment (each step below is one rename; deletions happen under a hidden name)."""
     old = path.with_name(path.name + ".old")
-    trash = _hidden(path, "trash")
+    trash = hidden(path, "trash")
     shutil.rmtree(trash, ignore_errors=True)
     if path.exists() and old.exists():      # left by a cut-short swap; `path` is the newer one
         os.replace(old, trash)
@@ -114,26 +114,12 @@ def remove_dir(path) -> None:
     """Delete a directory, renaming it to a hidden name first (a kill mid-way leaves no
     half-deleted directory under its real name)."""
     path = Path(path)
-    trash = _hidden(path, "trash")
+    trash = hidden(path, "trash")
     shutil.rmtree(trash, ignore_errors=True)
     os.replace(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _hidden(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}.{kind}{os.getpid()}")
-
-
-def pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True          # someone else's process
-    return True
 
 
 def clean_leftovers(directory) -> list[Path]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import codec, paths
-from .paths import fsync_dir
+from .paths import fsync_dir, hidden, pid_alive
 from . import tokenizer as tk
 
 SPLITS = ("train", "test")
@@ -188,20 +188,6 @@ def _check_export_target(out_dir, force: bool) -> Path:
     return target
 
 
-def _hidden(out_dir: Path, kind: str, pid: int | None = None) -> Path:
-    return out_dir.with_name(f".{out_dir.name}.{kind}{os.getpid() if pid is None else pid}")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True          # someone else's process
-    return True
 
 
 def _recover(out_dir: Path) -> None:
@@ -213,7 +199,7 @@ def _recover(out_dir: Path) -> None:
     pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(tmp|old)(\d+)$")
     for p in sorted(parent.iterdir()):
         m = pattern.match(p.name)
-        if not m or _pid_alive(int(m.group(2))) or not p.is_dir():
+        if not m or pid_alive(int(m.group(2))) or not p.is_dir():
             continue
         if m.group(1) == "old" and not out_dir.exists():
             os.replace(p, out_dir)
@@ -224,7 +210,7 @@ def _recover(out_dir: Path) -> None:
 def _write_corpus(out_dir: Path, splits: dict, seeds: dict, bpp: int, progress) -> dict:
     """Stream every split into a hidden folder beside out_dir, then swap it in."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _hidden(out_dir, "tmp")
+    tmp = hidden(out_dir, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
@@ -262,7 +248,7 @@ def _write_split(path: Path, split: str, images, labels, seed, bpp: int, progres
 def _swap_in(tmp: Path, out_dir: Path) -> None:
     """Rename the complete folder tmp to out_dir; an old out_dir is moved aside first (and put
     back if the second rename fails), then deleted."""
-    old = _hidden(out_dir, "old")
+    old = hidden(out_dir, "old")
     shutil.rmtree(old, ignore_errors=True)
     if out_dir.exists():
         os.replace(out_dir, old)

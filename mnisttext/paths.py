@@ -56,3 +56,21 @@ def fsync_dir(d: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def hidden(path: Path, kind: str, pid: int | None = None) -> Path:
+    """The hidden sibling `.NAME.KINDPID` that an atomic write of `path` works in."""
+    return path.with_name(f".{path.name}.{kind}{os.getpid() if pid is None else pid}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (leftovers of a dead one may be cleaned)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True          # someone else's process
+    return True
