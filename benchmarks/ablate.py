@@ -59,6 +59,8 @@ RUNS = [
                "before attention and MLP", dict(conv_kernel=6), []),
     # leave-one-out from the combination: what each part adds there
     ("combo_no_canon", "the combination without canon layers", without("conv_kernel"), []),
+    ("combo_no_canon_gqa1", "the combination without canon layers, one key/value head for the 4 "
+     "query heads (the cheapest decode)", dict(without("conv_kernel"), n_kv_head=1), []),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),

@@ -109,10 +109,14 @@ class Evaluation:
 
     def _sample(self, stage, sampler, grammar, n, temperature, bpp) -> dict[int, list[str]]:
         settings = sample.SampleSettings(temperature=temperature, bpp=bpp)
-        lines = {}
-        for d in range(10):
-            lines.update(sample.sample_digits(sampler, [d], n, settings, self.seed, self.device, grammar))
-            self.progress(stage, d + 1, 10)
+        digits = list(range(10))
+
+        def step(d, t, toks):          # progress through digit 0's positions (all decode together)
+            if d == digits[0]:
+                self.progress(stage, t, toks.shape[1] - 1)
+
+        lines = sample.sample_digits(sampler, digits, n, settings, self.seed, self.device, grammar, step)
+        self.progress(stage, 1, 1)
         return lines
 
     def _raw(self, res, name, sampler, grammar, temp, bpp):

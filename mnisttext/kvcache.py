@@ -66,7 +66,7 @@ class KVCache:
         self._mask_key = None
         self._tail_zero = False          # plain layout: positions >= pos hold zeros
         self._attends = False            # attend_one has been called: see write
-        self._pending = {}               # layer -> (k, v) the next attend_one stores (chunked)
+        self._pending = {}               # layer -> (pos, k, v) the next attend_one stores (chunked)
         self.int8 = False                # chunked int8 keys and values, a scale per position
         self.ks = self.vs = None         # their scales (n_layer, n_chunks, B, n_kv, ALIGN), fp32
         self.compute_dtype = None        # the layers' dtype (what layer_view returns)
@@ -105,12 +105,17 @@ class KVCache:
                 and native_attend() is not None)
 
     def _flush(self):
-        """Store the new keys and values that the kernel was to store (see write)."""
+        """Store the new keys and values that the kernel was to store (see write), each at the
+        position it came for."""
         pending, self._pending = self._pending, {}
-        attends, self._attends = self._attends, False
-        for layer, (k, v) in pending.items():
-            self.write(layer, k, v)
-        self._attends = attends
+        attends, pos = self._attends, self.pos
+        self._attends = False
+        try:
+            for layer, (p, k, v) in pending.items():
+                self.pos = p
+                self.write(layer, k, v)
+        finally:
+            self._attends, self.pos = attends, pos
 
     def layer_view(self, layer: int, t: torch.Tensor, end: int) -> torch.Tensor:
         """Positions :end of layer `layer` of k or v as (B, n_kv, end, hs): a view of the plain
@@ -139,7 +144,7 @@ class KVCache:
         self._flush()
         if (T == 1 and p > 0 and self.chunked and self._attends and k.stride(-1) == 1
                 and v.stride(-1) == 1 and k.dtype == v.dtype == self.compute_dtype):
-            self._pending[layer] = (k, v)
+            self._pending[layer] = (p, k, v)
             return k, v
         if p + T > self.shape[3]:
             raise ValueError(f"{p + T} positions > block size {self.shape[3]}")
@@ -190,9 +195,13 @@ class KVCache:
         self._attends = True
         if self.chunked:
             new = self._pending.pop(layer, None)
+            if new is not None and new[0] != self.pos:          # not this step's: store it first
+                self._pending[layer] = new
+                self._flush()
+                new = None
             if q.stride(-1) == 1 and q.dtype == self.compute_dtype:
                 out = torch.empty(B, nh, 1, hs, dtype=q.dtype)
-                kn, vn = new if new is not None else (None, None)
+                kn, vn = new[1:] if new is not None else (None, None)
                 kind = 2 if self.int8 else int(q.dtype == torch.bfloat16)
                 rc = native_attend()(kind, int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0),
                                      q.stride(1), _ptr(kn), _ptr(vn), *_bh_strides(kn),

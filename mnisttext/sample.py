@@ -344,12 +344,15 @@ DEFAULT_ROWS = 1024      # rows per decode batch where the model carries no meas
 
 def _plan(model) -> dict:
     """The sampler's decode plan (tuning.prepare_for_sampling attaches one): rows per batch,
-    whether groups may share a batch, workers and torch threads, the keys' and values' storage;
-    defaults for a bare model."""
+    whether groups may share a batch, the (workers, torch threads) for large batches and for
+    small ones (up to small_rows rows; the large config where the plan has none), the keys' and
+    values' storage; defaults for a bare model."""
     plan = getattr(model, "decode_plan", None) or {}
+    large = (int(plan.get("workers") or 1), int(plan.get("threads") or 0))
+    small = tuple(int(x) for x in plan.get("small") or large)
     return {"rows": int(plan.get("rows") or DEFAULT_ROWS),
             "together": bool(plan.get("row_invariant", True)),
-            "workers": int(plan.get("workers") or 1), "threads": int(plan.get("threads") or 0),
+            "large": large, "small": small, "small_rows": int(plan.get("small_rows") or 0),
             "kv_int8": plan.get("kv") == "int8"}
 
 
@@ -368,11 +371,12 @@ def _batches(idx: list[int], sizes: list[int], rows: int, together: bool):
 
 
 def _run(model, groups, settings, device, grammar):
-    """generate_groups over batches sized by the sampler's plan, with its workers and threads;
-    prefixes of different lengths go in different batches. With several workers, a batch of at
-    least as many groups is split between them by groups, each worker decoding its share on its
-    own (no step waits for another: the workers drift apart, one reading its cache while another
-    multiplies); a batch of fewer groups is split by rows, in lockstep (generate_groups)."""
+    """generate_groups over batches sized by the sampler's plan, each with the plan's workers and
+    threads for its size; prefixes of different lengths go in different batches. With several
+    workers, a batch of at least as many groups is split between them by groups, each worker
+    decoding its share on its own (no step waits for another: the workers drift apart, one
+    reading its cache while another multiplies); a batch of fewer groups is split by rows, in
+    lockstep (generate_groups)."""
     plan = _plan(model)
     together = plan["together"]
     if settings.use_cache and not hasattr(type(model.new_cache(1)), "cat"):
@@ -380,7 +384,7 @@ def _run(model, groups, settings, device, grammar):
     by_len: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         by_len.setdefault(len(g.prefix), []).append(i)
-    workers = max(1, min(plan["workers"], torch.get_num_threads())) if torch.device(device).type == "cpu" else 1
+    cpu = torch.device(device).type == "cpu"
     out = [None] * len(groups)
     lock = threading.Lock()
 
@@ -390,9 +394,12 @@ def _run(model, groups, settings, device, grammar):
         for i, t in zip(batch, toks):
             out[i] = t
 
-    with decode_threads(model):
-        for idx in by_len.values():
-            for batch in _batches(idx, [groups[i].n for i in idx], plan["rows"], together):
+    for idx in by_len.values():
+        for batch in _batches(idx, [groups[i].n for i in idx], plan["rows"], together):
+            rows = sum(groups[i].n for i in batch)
+            workers, threads = plan["small"] if rows <= plan["small_rows"] else plan["large"]
+            workers = max(1, min(workers, torch.get_num_threads())) if cpu else 1
+            with decode_threads(threads):
                 if workers > 1 and together and len(batch) >= workers:
                     shares = _shares(batch, [groups[i].n for i in batch], workers)
                     for i in batch:               # callbacks one at a time, from any worker
@@ -426,11 +433,11 @@ def _locked(group: Group, lock) -> Group:
 
 
 class decode_threads:
-    """Run the block with the torch CPU threads the sampler's plan chose where that is fewer
-    than now (a caller's own limit stands), then restore them."""
+    """Run the block with n torch CPU threads where that is fewer than now (a caller's own
+    limit stands; 0: as they are), then restore them."""
 
-    def __init__(self, model):
-        self.n = _plan(model)["threads"]
+    def __init__(self, n: int):
+        self.n = n
 
     def __enter__(self):
         self.old = torch.get_num_threads()

@@ -2,7 +2,7 @@
 
     from mnisttext.tuning import prepare_for_sampling
     fast = prepare_for_sampling(model, "auto")    # the dtype a measured decode step prefers here
-    fast.decode_plan          # {'dtype', 'workers', 'threads', 'kv', 'rows', 'row_invariant'}
+    fast.decode_plan          # {'dtype', 'workers', 'threads', 'small', 'kv', 'rows', ...}
 
 On a CPU "auto" times decode steps of this model once per machine in fp32 and in bf16 (cached
 by machine.py), which also sets the decode threads, the keys' and values' storage and the rows
@@ -100,6 +100,9 @@ def rows_independent(model, rows: int = 256, pos: int = 8, int8: bool = False) -
     return bool(torch.equal(a, b))
 
 
+WORKERS_MARGIN = 1.10    # torch's own threads must beat workers by this factor to be chosen
+
+
 def decode_configs() -> list[tuple[int, int]]:
     """(workers, torch threads) to time: one thread; and with several cores, all of them as
     torch's threads in one batch, or as workers of one thread each (sample.Workers)."""
@@ -107,15 +110,28 @@ def decode_configs() -> list[tuple[int, int]]:
     return [(1, 1)] + ([(1, n), (n, 1)] if n > 1 else [])
 
 
+def _pick(configs, times: dict, rows: int):
+    """The fastest config at `rows` rows; torch's threads (OpenMP, a barrier after every op)
+    only where they beat the best workers config by WORKERS_MARGIN: on a quiet machine they can
+    win, but a busy core stalls every one of their ops, where it only slows one worker."""
+    t = lambda c: times[f"{c[0]}x{c[1]}"][str(rows)]
+    best = min(configs, key=t)
+    workers = [c for c in configs if c[0] > 1]
+    if best[1] > 1 and workers and t(best) * WORKERS_MARGIN > t(min(workers, key=t)):
+        best = min(workers, key=t)
+    return best
+
+
 def measure_decode(model, candidates: dict, configs=None) -> dict:
     """Time decode steps of each candidate sampler ({'fp32': model, 'bf16': model}) at
-    DECODE_ROWS rows in each (workers, threads) config; the plan: per dtype the config with the
-    least time over DECODE_ROWS (one digit's latency and a batch's throughput count alike), the
-    keys' and values' storage ('int8' where it decodes 5% faster than the model's dtype, else
-    'model'), the rows per batch (many where they decode measurably faster per row, up to
-    MAX_ROWS and a memory budget), whether rows are batch-independent; and the faster dtype
-    (bf16 by MARGIN)."""
+    DECODE_ROWS rows in each (workers, threads) config; the plan, per dtype: the config for small
+    batches (DECODE_ROWS[0] rows, one digit's candidates) and for large ones (_pick), the keys'
+    and values' storage ('int8' where the large config decodes 5% faster with it than with the
+    model's dtype, else 'model'), the rows per batch (many where they decode measurably faster
+    per row, up to MAX_ROWS and a memory budget), whether rows are batch-independent; and the
+    faster dtype (bf16 by MARGIN)."""
     configs = configs or decode_configs()
+    small, large = DECODE_ROWS[0], DECODE_ROWS[-1]
     old = torch.get_num_threads()
     plan = {"cpu": cpu_model(), "timed_rows": list(DECODE_ROWS)}
     try:
@@ -124,23 +140,24 @@ def measure_decode(model, candidates: dict, configs=None) -> dict:
             for w, t in configs:
                 torch.set_num_threads(t)
                 entry["step_s"][f"{w}x{t}"] = {str(r): time_decode_step(m, r, workers=w) for r in DECODE_ROWS}
-            w, t = min(configs, key=lambda c: sum(entry["step_s"][f"{c[0]}x{c[1]}"].values()))
-            times = entry["step_s"][f"{w}x{t}"]
-            torch.set_num_threads(t)
+            cs, (w, t) = _pick(configs, entry["step_s"], small), _pick(configs, entry["step_s"], large)
+            times = dict(entry["step_s"][f"{w}x{t}"])
+            times[str(small)] = entry["step_s"][f"{cs[0]}x{cs[1]}"][str(small)]
             kv = "model"
             if _int8_kv_possible(m):         # int8 keys and values: a quarter (fp32) or half the bytes
-                times8 = {str(r): time_decode_step(m, r, workers=w, int8=True) for r in DECODE_ROWS}
-                entry["step_s"][f"{w}x{t} int8 kv"] = times8
-                if sum(times8.values()) * 1.05 < sum(times.values()):
-                    kv, times = "int8", times8
+                torch.set_num_threads(t)
+                t8 = time_decode_step(m, large, workers=w, int8=True)
+                entry["step_s"][f"{w}x{t} int8 kv"] = {str(large): t8}
+                if t8 * 1.05 < times[str(large)]:
+                    kv, times[str(large)] = "int8", t8
             per_row = {r: times[str(r)] / r for r in DECODE_ROWS}
             budget = min(KV_BUDGET, _ram() // 8)
             kv_row = max(1, kv_bytes_per_row(m, next(m.parameters()).dtype))
-            cap = max(DECODE_ROWS[0], min(MAX_ROWS, budget // kv_row))
-            rows = cap if per_row[DECODE_ROWS[-1]] < 0.95 * per_row[DECODE_ROWS[0]] else DECODE_ROWS[0]
+            cap = max(small, min(MAX_ROWS, budget // kv_row))
+            rows = cap if per_row[large] < 0.95 * per_row[small] else small
             torch.set_num_threads(t)
-            entry.update(workers=w, threads=t, kv=kv, rows=int(rows), row_s=per_row[DECODE_ROWS[-1]],
-                         row_invariant=rows_independent(m, DECODE_ROWS[-1], int8=kv == "int8"))
+            entry.update(workers=w, threads=t, small=[cs[0], cs[1]], kv=kv, rows=int(rows),
+                         row_s=per_row[large], row_invariant=rows_independent(m, large, int8=kv == "int8"))
             plan[name] = entry
     finally:
         torch.set_num_threads(old)
@@ -190,13 +207,15 @@ def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
         entry = plan.get(choice, {})
         sampler = build_sampler(model, choice)
         sampler.decode_plan = {"dtype": choice, "workers": entry.get("workers", 1),
-                               "threads": entry.get("threads"), "kv": entry.get("kv", "model"),
+                               "threads": entry.get("threads"), "small": entry.get("small"),
+                               "small_rows": DECODE_ROWS[0], "kv": entry.get("kv", "model"),
                                "rows": entry.get("rows", MAX_ROWS),
                                "row_invariant": entry.get("row_invariant", False)}
         return sampler
     choice = "bf16" if use_bf16(device, dtype) else "fp32"
     sampler = build_sampler(model, choice)
     invariant = rows_independent(sampler) if isinstance(model, GPT) else False
-    sampler.decode_plan = {"dtype": choice, "workers": 1, "threads": None, "kv": "model",
-                           "rows": MAX_ROWS, "row_invariant": invariant}
+    sampler.decode_plan = {"dtype": choice, "workers": 1, "threads": None, "small": None,
+                           "small_rows": 0, "kv": "model", "rows": MAX_ROWS,
+                           "row_invariant": invariant}
     return sampler

@@ -1,4 +1,5 @@
 """Shared fixtures: the repository root, the committed corpus, and ../shared/data when present."""
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,19 @@ REFERENCE_LINES = [
     "0:::::::::::::::::::::::j:::=r:::Ar:::Iv:::Yx:::yp::;w`::;rA::=jA::A:A::H:A::H:A::V:A::V:@::V:H::R:R::R;j::V=j::Yy:::Yv:::Ir:::=Z::::::::::::::::::::::)",
     "4:::::::::::::::::::::::::::::::::=::::=:;::<:=::@:=::@:=::H:=::H:=::F:=::v:=:Yv:=yvR:;x:R::::R::::r::::r::::r::::r::::r::::r::::R::::R::::::::::::::::)",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_machine_cache(tmp_path_factory):
+    """The suite's decode plans, dtype timings and compiled kernel go to a temporary folder
+    (the tests' subprocesses inherit it), never to the user's ~/.cache/mnisttext."""
+    old = os.environ.get("MNISTTEXT_CACHE")
+    os.environ["MNISTTEXT_CACHE"] = str(tmp_path_factory.mktemp("mnisttext-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MNISTTEXT_CACHE", None)
+    else:
+        os.environ["MNISTTEXT_CACHE"] = old
 
 
 def needs_mnist():

@@ -308,3 +308,19 @@ def test_int8_keys_and_values_stay_close(dtype):
             runs.append(torch.cat(steps, 1).float())
             assert torch.equal(c.layer_view(1, c.k, 5)[0], c.layer_view(1, c.k, 5)[7])
     torch.testing.assert_close(runs[1], runs[0], atol=0.05, rtol=0.05)
+
+
+def test_small_batches_take_the_plans_small_config(monkeypatch):
+    """One digit's batch (up to small_rows rows) runs with the plan's small-batch config, larger
+    ones with its large-batch config; the lines are the same either way."""
+    model = planned(tiny(), workers=2)
+    model.decode_plan.update(small=[1, 1], small_rows=8)
+    seen = []
+    real = sample.generate_groups
+    monkeypatch.setattr(sample, "generate_groups",
+                        lambda m, gs, *a: seen.append((len(gs), a[3])) or real(m, gs, *a))
+    s = sample.SampleSettings(temperature=1.0)
+    one = sample.sample_digits(model, [3], 8, s, seed=1)
+    two = sample.sample_digits(model, [3, 4], 8, s, seed=1)
+    assert seen == [(1, 1), (1, 1), (1, 1)]           # 8 rows: small; 16: two workers, a digit each
+    assert one[3] == two[3]
