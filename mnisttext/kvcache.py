@@ -42,9 +42,12 @@ class KVCache:
 
     Two layouts, picked at the first write:
     - chunked (where the native kernel runs): positions in chunks of ALIGN,
-        k (n_layer, n_chunks, B, n_kv, ALIGN, hs)
+        k (n_layer, n_chunks, B, n_kv, hs/2, ALIGN, 2)   dimensions in pairs, a pair's values
+                                                          of the ALIGN positions side by side;
         v (n_layer, n_chunks, B, n_kv, ALIGN/2, hs, 2)   positions in pairs, a dimension's two
-                                                          values side by side;
+                                                          values side by side
+      (what the bf16 dot-product instruction takes: the scores of 16 positions and the
+      weighted sum of values come out as vectors, with no reduction across lanes);
       a decode step reads chunk after chunk, each contiguous over all rows and heads, so its
       reads stream through memory (twice as fast as reading each row's keys from its own
       stretch of a (B, n_kv, positions, hs) buffer, docs/performance.md).
@@ -93,7 +96,7 @@ class KVCache:
             self.v = torch.empty(shape, device=like.device, dtype=dtype)
             return
         c = cap // ALIGN
-        self.k = torch.empty((L, c, batch_size, nkv, ALIGN, hs), device=like.device, dtype=dtype)
+        self.k = torch.empty((L, c, batch_size, nkv, hs // 2, ALIGN, 2), device=like.device, dtype=dtype)
         self.v = torch.empty((L, c, batch_size, nkv, ALIGN // 2, hs, 2), device=like.device, dtype=dtype)
         if int8:
             self.ks = torch.empty((L, c, batch_size, nkv, ALIGN), device=like.device)
@@ -124,7 +127,7 @@ class KVCache:
         if not self.chunked:
             return t[layer, :, :, :end]
         c = -(-end // ALIGN)
-        x = unchunk(t[layer, :c])[:, :, :end]
+        x = unchunk(t[layer, :c], keys=t is self.k)[:, :, :end]
         if self.int8:                                    # values times their positions' scales
             scale = (self.ks if t is self.k else self.vs)[layer, :c]       # (c, B, nkv, ALIGN)
             scale = scale.permute(1, 2, 0, 3).reshape(x.shape[0], x.shape[1], -1)[:, :, :end]
@@ -158,7 +161,9 @@ class KVCache:
                 (k, ks), (v, vs) = quantize(k), quantize(v)
             for c in range(p // ALIGN, -(-(p + T) // ALIGN)):         # the chunks it touches
                 a, b = max(p, c * ALIGN), min(p + T, (c + 1) * ALIGN)
-                self.k[layer, c, :, :, a - c * ALIGN:b - c * ALIGN] = k[:, :, a - p:b - p]
+                kk = k[:, :, a - p:b - p]                                   # (B, nkv, t, hs)
+                self.k[layer, c, :, :, :, a - c * ALIGN:b - c * ALIGN] = (
+                    kk.unflatten(-1, (kk.shape[-1] // 2, 2)).transpose(2, 3))   # (B, nkv, hs/2, t, 2)
                 if self.int8:
                     self.ks[layer, c, :, :, a - c * ALIGN:b - c * ALIGN] = ks[:, :, a - p:b - p]
                     self.vs[layer, c, :, :, a - c * ALIGN:b - c * ALIGN] = vs[:, :, a - p:b - p]
@@ -322,9 +327,9 @@ def _round_up(n: int, m: int) -> int:
 
 
 def chunk_keys(k: torch.Tensor) -> torch.Tensor:
-    """(B, n_kv, positions, hs) -> the chunked layout (positions/ALIGN, B, n_kv, ALIGN, hs)."""
+    """(B, n_kv, positions, hs) -> the chunked layout (positions/ALIGN, B, n_kv, hs/2, ALIGN, 2)."""
     B, nkv, T, hs = k.shape
-    return k.view(B, nkv, T // ALIGN, ALIGN, hs).permute(2, 0, 1, 3, 4).contiguous()
+    return k.view(B, nkv, T // ALIGN, ALIGN, hs // 2, 2).permute(2, 0, 1, 4, 3, 5).contiguous()
 
 
 def chunk_values(v: torch.Tensor) -> torch.Tensor:
@@ -333,9 +338,11 @@ def chunk_values(v: torch.Tensor) -> torch.Tensor:
     return v.view(B, nkv, T // ALIGN, ALIGN // 2, 2, hs).permute(2, 0, 1, 3, 5, 4).contiguous()
 
 
-def unchunk(x: torch.Tensor) -> torch.Tensor:
-    """Either chunked layout (of one layer) -> (B, n_kv, positions, hs), a copy."""
-    if x.dim() == 6:                                   # values: (c, B, nkv, ALIGN/2, hs, 2)
+def unchunk(x: torch.Tensor, keys: bool) -> torch.Tensor:
+    """The keys' or the values' chunked layout (of one layer) -> (B, n_kv, positions, hs), a copy."""
+    if keys:                                           # (c, B, nkv, hs/2, ALIGN, 2)
+        x = x.transpose(3, 4).flatten(4, 5)            # (c, B, nkv, ALIGN, hs)
+    else:                                              # (c, B, nkv, ALIGN/2, hs, 2)
         x = x.transpose(-1, -2).flatten(3, 4)          # (c, B, nkv, ALIGN, hs)
     c, B, nkv, a, hs = x.shape
     return x.permute(1, 2, 0, 3, 4).reshape(B, nkv, c * a, hs)
@@ -421,25 +428,13 @@ static inline vf vexp(vf x) {                   /* e^x for x <= 0, relative erro
     vi e = (__builtin_convertvector(kf, vi) + 127) << 23;
     return p * (vf)e;
 }
+#if defined(__AVX512F__)      /* tree reductions: a scalar loop is a 15-step dependency chain */
+static inline float hmax(vf v) { __m512 x; memcpy(&x, &v, sizeof x); return _mm512_reduce_max_ps(x); }
+static inline float hsum(vf v) { __m512 x; memcpy(&x, &v, sizeof x); return _mm512_reduce_add_ps(x); }
+#else
 static inline float hmax(vf v) { float m = v[0]; for (int l = 1; l < L; l++) m = v[l] > m ? v[l] : m; return m; }
 static inline float hsum(vf v) { float s = 0; for (int l = 0; l < L; l++) s += v[l]; return s; }
-/* r[t] = the sum of the lanes of a[t], for 16 vectors at once (a fixed order of additions) */
-static inline vf reduce16(const vf *a) {
-    vf b[8], d[4], e[2];
-    for (int i = 0; i < 8; i++)
-        b[i] = __builtin_shufflevector(a[2*i], a[2*i+1], 0,1,2,3,4,5,6,7, 16,17,18,19,20,21,22,23)
-             + __builtin_shufflevector(a[2*i], a[2*i+1], 8,9,10,11,12,13,14,15, 24,25,26,27,28,29,30,31);
-    for (int i = 0; i < 4; i++)
-        d[i] = __builtin_shufflevector(b[2*i], b[2*i+1], 0,1,2,3, 16,17,18,19, 8,9,10,11, 24,25,26,27)
-             + __builtin_shufflevector(b[2*i], b[2*i+1], 4,5,6,7, 20,21,22,23, 12,13,14,15, 28,29,30,31);
-    for (int i = 0; i < 2; i++)
-        e[i] = __builtin_shufflevector(d[2*i], d[2*i+1], 0,1, 16,17, 4,5, 20,21, 8,9, 24,25, 12,13, 28,29)
-             + __builtin_shufflevector(d[2*i], d[2*i+1], 2,3, 18,19, 6,7, 22,23, 10,11, 26,27, 14,15, 30,31);
-    vf f = __builtin_shufflevector(e[0], e[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
-         + __builtin_shufflevector(e[0], e[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
-    return __builtin_shufflevector(f, f, 0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
-}
-
+#endif
 typedef struct {
     const void *q; long qs_b, qs_h; const void *kn, *vn; long ks_b, ks_h, vs_b, vs_h;
     void *k, *v; float *kscale, *vscale; void *out;
@@ -447,7 +442,8 @@ typedef struct {
 } job_t;
 
 /* int8: x ~ s * round(x / s), s = max|x| / 127 (1 where x is all zeros), ties to even (hs % 16 == 0) */
-static float quantize(int8_t *dst, long dstep, const void *src, long hs, int bf16) {
+/* dimension d goes to dst[(d / 2) * sp + (d % 2) * se] */
+static float quantize(int8_t *dst, long sp, long se, const void *src, long hs, int bf16) {
     vf m = {0};
     for (long d = 0; d < hs; d += L) {
         vf x = load16(src, d, bf16);
@@ -459,7 +455,7 @@ static float quantize(int8_t *dst, long dstep, const void *src, long hs, int bf1
         vf x = load16(src, d, bf16) / s;
         x = (x + 12582912.0f) - 12582912.0f;          /* round half to even (|x| <= 127) */
         vi r = __builtin_convertvector(x, vi);
-        for (int l = 0; l < L; l++) dst[(d + l) * dstep] = (int8_t)r[l];
+        for (int l = 0; l < L; l++) dst[((d + l) >> 1) * sp + ((d + l) & 1) * se] = (int8_t)r[l];
     }
     return s;
 }
@@ -474,15 +470,16 @@ static void store_new(const job_t *j) {
             const long blk = (c * j->B + b) * j->nkv + g;
             const char *ks = (const char *)j->kn + (b * j->ks_b + g * j->ks_h) * is;
             const char *vs = (const char *)j->vn + (b * j->vs_b + g * j->vs_h) * is;
-            char *kd = (char *)j->k + ((blk * L + slot) * hs) * es;
+            char *kd = (char *)j->k + (blk * L * hs + slot * 2) * es;    /* dimension d: see kern */
             char *vd = (char *)j->v + (blk * L * hs + (slot / 2) * 2 * hs + slot % 2) * es;
             if (j->kind == I8) {
-                j->kscale[blk * L + slot] = quantize((int8_t *)kd, 1, ks, hs, j->qbf16);
-                j->vscale[blk * L + slot] = quantize((int8_t *)vd, 2, vs, hs, j->qbf16);
+                j->kscale[blk * L + slot] = quantize((int8_t *)kd, 2 * L, 1, ks, hs, j->qbf16);
+                j->vscale[blk * L + slot] = quantize((int8_t *)vd, 4, 2, vs, hs, j->qbf16);
                 if (slot % 2 == 0) for (long d = 0; d < hs; d++) vd[2 * d + 1] = 0;
                 continue;
             }
-            memcpy(kd, ks, hs * es);                 /* the storage dtype is the model's */
+            for (long d = 0; d < hs; d++)            /* the storage dtype is the model's */
+                memcpy(kd + ((d >> 1) * 2 * L + (d & 1)) * es, ks + d * es, es);
             for (long d = 0; d < hs; d++) {
                 memcpy(vd + 2 * d * es, vs + d * es, es);
                 if (slot % 2 == 0) memset(vd + (2 * d + 1) * es, 0, es);
@@ -490,15 +487,53 @@ static void store_new(const job_t *j) {
         }
 }
 
-/* k: (n_chunks, B, nkv, 16, hs); v: (n_chunks, B, nkv, 8, hs, 2): positions in pairs, each
+/* The scores of one query (q: hs fp32 values) against one chunk of keys (hs/2, 16, 2): each
+   dimension pair's 16 positions side by side, so the products of a pair of q's values with 16
+   keys are one vector and the scores come out as a vector, with no reduction across lanes. */
+static inline vf scores(const float *q, const void *k, long base, long hs, int kind) {
+    vf lo[2] = {{0}, {0}}, hi[2] = {{0}, {0}};      /* positions 0-7 and 8-15, two chains each */
+    for (long d = 0; d < hs / 2; d++) {
+        vf qq;                                      /* (q[2d], q[2d+1]) repeated */
+#if defined(__AVX512F__)
+        double w; memcpy(&w, q + 2 * d, sizeof w);
+        __m512 x = _mm512_castpd_ps(_mm512_set1_pd(w)); memcpy(&qq, &x, sizeof qq);
+#else
+        for (int l = 0; l < L; l++) qq[l] = q[2 * d + (l & 1)];
+#endif
+        lo[d & 1] += qq * load16(k, base + d * 2 * L, kind);
+        hi[d & 1] += qq * load16(k, base + d * 2 * L + L, kind);
+    }
+    const vf x = lo[0] + lo[1], y = hi[0] + hi[1];  /* lane 2t + e: position t, dimension parity e */
+    return __builtin_shufflevector(x, y, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+         + __builtin_shufflevector(x, y, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+#ifdef BF16DOT
+/* The same with bf16 q and keys: one dot-product instruction per dimension pair, four chains. */
+static inline vf scores_dot(const uint16_t *q, const uint16_t *k, long hs) {
+    __m512 x[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (long d = 0; d < hs / 2; d += 4)
+        for (int u = 0; u < 4; u++) {
+            uint32_t w; memcpy(&w, q + 2 * (d + u), sizeof w);
+            x[u] = _mm512_dpbf16_ps(x[u], (__m512bh)_mm512_set1_epi32((int)w),
+                                    (__m512bh)_mm512_loadu_si512(k + (d + u) * 2 * L));
+        }
+    __m512 t = _mm512_add_ps(_mm512_add_ps(x[0], x[1]), _mm512_add_ps(x[2], x[3]));
+    vf r; memcpy(&r, &t, sizeof r); return r;
+}
+#endif
+
+/* k: (n_chunks, B, nkv, hs/2, 16, 2): dimensions in pairs, a pair's values of the 16 positions
+   side by side; v: (n_chunks, B, nkv, 8, hs, 2): positions in pairs, each
    dimension's two values side by side (what the bf16 dot product instruction takes); int8 caches
    with a scale per position, kscale and vscale (n_chunks, B, nkv, 16); q: row b, head h at
    q[b * qs_b + h * qs_h]; out: (B, nh, hs). Per (row, head): a running max, a running sum and an
    accumulator (hs, 2), the two positions of a pair apart until the end (one (hs) accumulator with
    the bf16 dot product). */
-static inline __attribute__((always_inline)) void kern(job_t *j, const int kind) {
-    const long nh = j->nh, nkv = j->nkv, hs = j->hs, n = j->n, rep = nh / nkv, B = j->B;
-    const long rows = j->r1 - j->r0, nc = (n + L - 1) / L, nv = hs / L;
+static inline __attribute__((always_inline)) void kern(job_t *j, const int kind, const long NV) {
+    /* NV: hs / 16 as a constant (0: read from j), so the accumulators below stay in registers */
+    const long nv = NV ? NV : j->hs / L, hs = nv * L;
+    const long nh = j->nh, nkv = j->nkv, n = j->n, rep = nh / nkv, B = j->B;
+    const long rows = j->r1 - j->r0, nc = (n + L - 1) / L;
 #ifdef BF16DOT
     const int dot = kind == BF16;
 #else
@@ -530,29 +565,15 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind)
             for (long r = 0; r < rep; r++) {
                 const long bh = b * nh + g * rep + r;
                 const float *q = qf + bh * hs;
-                vf a[L];
+                vf s;                                         /* the 16 positions' scores */
 #ifdef BF16DOT
-                if (dot && j->qbf16 && hs % 32 == 0) {
+                if (dot && j->qbf16) {
                     const uint16_t *qb = (const uint16_t *)j->q + (j->r0 + b) * j->qs_b + (g * rep + r) * j->qs_h;
-                    const uint16_t *kb = (const uint16_t *)j->k + base;
-                    for (int t = 0; t < L; t++) {
-                        __m512 x = _mm512_setzero_ps();
-                        for (long i = 0; i < hs; i += 32)
-                            x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_loadu_si512(qb + i),
-                                                 (__m512bh)_mm512_loadu_si512(kb + t * hs + i));
-                        memcpy(&a[t], &x, sizeof x);
-                    }
+                    s = scores_dot(qb, (const uint16_t *)j->k + base, hs);
                 } else
 #endif
-                for (int t = 0; t < L; t++) {
-                    vf x = {0};
-                    for (long i = 0; i < nv; i++) {
-                        vf qv; memcpy(&qv, q + i * L, sizeof qv);
-                        x += qv * load16(j->k, base + t * hs + i * L, kind);
-                    }
-                    a[t] = x;
-                }
-                vf s = reduce16(a) * ksc * j->scale;          /* unwritten lanes: masked next */
+                s = scores(q, j->k, base, hs, kind);
+                s = s * ksc * j->scale;                       /* unwritten lanes: masked next */
                 s = vsel(lane < validv, s, neg);              /* positions not yet written */
                 const float m = ms[bh * 2];
                 float mn = hmax(s);
@@ -570,14 +591,17 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind)
                     __m512 pf; memcpy(&pf, &p, sizeof pf);
                     __m256bh pb = _mm512_cvtneps_pbh(pf);       /* word jp: (p[2jp], p[2jp+1]) */
                     uint32_t pw[L / 2]; memcpy(pw, &pb, sizeof pw);
-                    for (long i = 0; i < nv; i++) {             /* dimensions i*16 .. i*16+15 */
-                        __m512 x; memcpy(&x, ac + i * L, sizeof x);
-                        x = _mm512_mul_ps(x, _mm512_set1_ps(alpha));
-                        for (long jp = 0; jp < pairs; jp++)
-                            x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_set1_epi32((int)pw[jp]),
-                                                 (__m512bh)_mm512_loadu_si512(vb + jp * 2 * hs + i * 2 * L));
-                        memcpy(ac + i * L, &x, sizeof x);
+                    /* x[i]: dimensions i*16 .. i*16+15; the nv chains interleaved, each pair
+                       position's products independent of the other accumulators' */
+                    __m512 x[MAXHS / L];
+                    const __m512 av = _mm512_set1_ps(alpha);
+                    for (long i = 0; i < nv; i++) x[i] = _mm512_mul_ps(_mm512_loadu_ps(ac + i * L), av);
+                    for (long jp = 0; jp < pairs; jp++) {
+                        const __m512bh w = (__m512bh)_mm512_set1_epi32((int)pw[jp]);
+                        for (long i = 0; i < nv; i++)
+                            x[i] = _mm512_dpbf16_ps(x[i], w, (__m512bh)_mm512_loadu_si512(vb + jp * 2 * hs + i * 2 * L));
                     }
+                    for (long i = 0; i < nv; i++) _mm512_storeu_ps(ac + i * L, x[i]);
                     continue;
                 }
 #endif
@@ -620,9 +644,10 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind)
 static void *thread_main(void *a) {
     job_t *j = a;
     if (j->kn) store_new(j);
-    if (j->kind == BF16) kern(j, BF16);
-    else if (j->kind == I8) kern(j, I8);
-    else kern(j, F32);
+    const long nv = j->hs == 64 ? 4 : 0;          /* the usual head size, specialised */
+    if (j->kind == BF16) { if (nv) kern(j, BF16, 4); else kern(j, BF16, 0); }
+    else if (j->kind == I8) { if (nv) kern(j, I8, 4); else kern(j, I8, 0); }
+    else { if (nv) kern(j, F32, 4); else kern(j, F32, 0); }
     return 0;
 }
 

@@ -400,7 +400,8 @@ class GPT(nn.Module):
             x = x + self.bit_proj(self.symbol_bits[idx])                # (B, T, C)
         rope = None
         if self.config.rope != "none":
-            rope = (self.rope_cos[p0:p0 + T], self.rope_sin[p0:p0 + T])    # (T, hs/2) each
+            dt = self.transformer.wte.weight.dtype          # cast once here, not in every layer
+            rope = (self.rope_cos[p0:p0 + T].to(dt), self.rope_sin[p0:p0 + T].to(dt))  # (T, hs/2) each
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, kv_cache, i, rope)

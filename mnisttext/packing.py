@@ -25,7 +25,7 @@ class PackedLinear(nn.Module):
     the MLP's GELU ("exact" or "tanh") fused into the same call. Never trained or saved: the
     packed weight is an opaque oneDNN tensor (no state_dict entry, no deepcopy)."""
 
-    def __init__(self, linear: nn.Linear, gelu: str | None = None, rows: int = 64):
+    def __init__(self, linear: nn.Linear, gelu: str | None = None, rows: int = 64, relu: bool = False):
         super().__init__()
         self.out_features = linear.out_features
         self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows),
@@ -33,6 +33,8 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach()
         # oneDNN names the exact GELU "none"
         self.attr, self.algo = ("gelu", "none" if gelu == "exact" else gelu) if gelu else ("none", "")
+        if relu:
+            self.attr, self.algo = "relu", ""
 
     def forward(self, x):
         shape = x.shape
@@ -53,9 +55,18 @@ def _packing_works() -> bool:
                 if gelu:
                     want = F.gelu(want, approximate="none" if gelu == "exact" else gelu)
                 torch.testing.assert_close(PackedLinear(lin, gelu, 3)(x), want, atol=0.05, rtol=0.02)
+            torch.testing.assert_close(PackedLinear(lin, None, 3, relu=True)(x), F.relu(lin(x)),
+                                       atol=0.05, rtol=0.02)
         except Exception:
             return False
     return True
+
+
+class Square(nn.Module):
+    """x * x: what is left of ReLU² once c_fc applies the ReLU."""
+
+    def forward(self, x):
+        return x.square()
 
 
 def pack_for_cpu_decode(model: nn.Module, rows: int = 64) -> bool:
@@ -66,14 +77,17 @@ def pack_for_cpu_decode(model: nn.Module, rows: int = 64) -> bool:
     p = next(model.parameters())
     if p.device.type != "cpu" or p.dtype != torch.bfloat16 or not _packing_works():
         return False
-    gelu = model.config.gelu if getattr(model.config, "act", "gelu") == "gelu" else None
+    relu2 = getattr(model.config, "act", "gelu") == "relu2"
+    gelu = None if relu2 else model.config.gelu
     with torch.no_grad():
         for block in model.transformer.h:
             att, mlp = block.attn, block.mlp
             att.c_attn, att.c_proj = PackedLinear(att.c_attn, rows=rows), PackedLinear(att.c_proj, rows=rows)
-            mlp.c_fc = PackedLinear(mlp.c_fc, gelu=gelu, rows=rows)
-            if gelu:                 # fused into c_fc (relu2 stays in MLP.forward)
+            mlp.c_fc = PackedLinear(mlp.c_fc, gelu=gelu, rows=rows, relu=relu2)
+            if gelu:                 # fused into c_fc
                 mlp.gelu = nn.Identity()
+            if relu2:                # the ReLU fused into c_fc, its square left to MLP.forward
+                mlp.relu2, mlp.gelu = False, Square()
             mlp.c_proj = PackedLinear(mlp.c_proj, rows=rows)
         model.lm_head = PackedLinear(model.lm_head, rows=rows)   # wte keeps the plain (tied) weight
     return True

@@ -27,8 +27,13 @@ def tiny(arch="gpt", seed=0):
     return build_model(cfg).eval()
 
 
-def test_packed_decode_model_matches_the_plain_bf16_model():
-    model = tiny()
+NEW_RECIPE = dict(rope="1d", qk_norm=True, act="relu2", zero_init_proj=False, n_kv_head=1)
+
+
+@pytest.mark.parametrize("options", [{}, NEW_RECIPE], ids=["gpt", "rope-qknorm-relu2-gqa"])
+def test_packed_decode_model_matches_the_plain_bf16_model(options):
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(**dict(PRESETS["tiny"], **options))).eval()
     plain = copy.deepcopy(model).to(torch.bfloat16)
     fast = copy.deepcopy(model).to(torch.bfloat16)
     if not pack_for_cpu_decode(fast):
@@ -320,7 +325,12 @@ def test_small_batches_take_the_plans_small_config(monkeypatch):
     monkeypatch.setattr(sample, "generate_groups",
                         lambda m, gs, *a: seen.append((len(gs), a[3])) or real(m, gs, *a))
     s = sample.SampleSettings(temperature=1.0)
-    one = sample.sample_digits(model, [3], 8, s, seed=1)
-    two = sample.sample_digits(model, [3, 4], 8, s, seed=1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)           # workers are capped by the threads (taskset, a 1-core box)
+    try:
+        one = sample.sample_digits(model, [3], 8, s, seed=1)
+        two = sample.sample_digits(model, [3, 4], 8, s, seed=1)
+    finally:
+        torch.set_num_threads(old)
     assert seen == [(1, 1), (1, 1), (1, 1)]           # 8 rows: small; 16: two workers, a digit each
     assert one[3] == two[3]
