@@ -61,6 +61,13 @@ RUNS = [
     ("combo_no_canon", "the combination without canon layers", without("conv_kernel"), []),
     ("combo_no_canon_gqa1", "the combination without canon layers, one key/value head for the 4 "
      "query heads (the cheapest decode)", dict(without("conv_kernel"), n_kv_head=1), []),
+    # leave-one-out from the new recipe (the combination without canon layers, one kv head)
+    ("new_no_qk", "the new recipe without qk_norm", dict(without("conv_kernel"), n_kv_head=1,
+                                                          qk_norm=False), []),
+    ("new_no_rope", "the new recipe without rope (learned positions only)",
+     dict(without("conv_kernel"), n_kv_head=1, rope="none"), []),
+    ("new_gelu", "the new recipe with GELU instead of relu2", dict(without("conv_kernel"),
+                                                                  n_kv_head=1, act="gelu"), []),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),

@@ -183,7 +183,8 @@ def main():
                  ("speed-up over the old release", old_med / med)]
     if no_cache:
         rows.append(("one digit without the KV cache, s (median)", statistics.median(no_cache)))
-    print_table(f"generate --digits 0-9, {a.candidates} candidates + rerank, shipped model, on {cpu}", rows)
+    which = "shipped model" if Path(a.checkpoint).resolve() == (ROOT / "checkpoints" / "gpt").resolve() else a.checkpoint
+    print_table(f"generate --digits 0-9, {a.candidates} candidates + rerank, {which}, on {cpu}", rows)
     record("sample_speed", res)
     if not identical:
         print("ERROR: batched lines differ from each digit alone", file=sys.stderr)
