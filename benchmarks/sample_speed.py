@@ -34,7 +34,6 @@ import torch
 
 from common import ROOT, cpu_name, machine, matmul_peak, print_table, record
 from mnisttext import checkpoint, kvcache, sample
-from mnisttext import machine as mach
 from mnisttext import tuning
 from mnisttext import tokenizer as tk
 from mnisttext.classifier import load_classifier

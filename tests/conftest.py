@@ -47,3 +47,25 @@ def run_cli(argv, capsys=None):
         return cli.main([str(a) for a in argv])
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
+
+
+class Killed(BaseException):
+    """A kill at one rename or delete of a save (BaseException: nothing may catch it)."""
+
+
+def kill_at(monkeypatch, k):
+    """Make the k-th os.replace / shutil.rmtree inside checkpoint.py raise Killed; the count."""
+    import os                                         # (fault injection only)
+    from mnisttext import checkpoint                  # (the module whose calls are wrapped)
+    calls = {"n": 0}
+
+    def wrap(fn):
+        def f(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == k:
+                raise Killed(f"call {k}")
+            return fn(*a, **kw)
+        return f
+    monkeypatch.setattr(checkpoint.os, "replace", wrap(os.replace))
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", wrap(checkpoint.shutil.rmtree))
+    return calls

@@ -8,29 +8,10 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import Killed, kill_at, run_cli
 from mnisttext import checkpoint, paths, train
 from mnisttext import tokenizer as tk
 from mnisttext.model import PRESETS, GPTConfig, build_model
-
-
-class Killed(BaseException):
-    pass
-
-
-def kill_at(monkeypatch, k):
-    calls = {"n": 0}
-
-    def wrap(fn):
-        def f(*a, **kw):
-            calls["n"] += 1
-            if calls["n"] == k:
-                raise Killed(k)
-            return fn(*a, **kw)
-        return f
-    monkeypatch.setattr(checkpoint.os, "replace", wrap(os.replace))
-    monkeypatch.setattr(checkpoint.shutil, "rmtree", wrap(checkpoint.shutil.rmtree))
-    return calls
 
 
 def write(path, tag: int):

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import CORPUS, ROOT, run_cli
+from conftest import CORPUS, ROOT, Killed, kill_at, run_cli
 from mnisttext import checkpoint, config, train
 
 TINY = ["--preset", "tiny", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "2",
@@ -239,24 +239,6 @@ def test_a_stale_lock_of_a_killed_trainer_is_taken_over(tmp_path, small_corpus, 
 # ---------------------------------------------------------------------------------------------
 # saves killed part-way, best/, non-finite loss
 
-class Killed(BaseException):
-    """A kill at one rename or delete of a save (BaseException: nothing may catch it)."""
-
-
-def kill_at(monkeypatch, k):
-    """Make the k-th os.replace / shutil.rmtree inside checkpoint.py raise Killed."""
-    calls = {"n": 0}
-
-    def wrap(fn):
-        def f(*a, **kw):
-            calls["n"] += 1
-            if calls["n"] == k:
-                raise Killed(f"call {k}")
-            return fn(*a, **kw)
-        return f
-    monkeypatch.setattr(checkpoint.os, "replace", wrap(os.replace))
-    monkeypatch.setattr(checkpoint.shutil, "rmtree", wrap(checkpoint.shutil.rmtree))
-    return calls
 
 
 SAVE_EVERY_STEP = ["--max-steps", "6", "--save-every", "0"]

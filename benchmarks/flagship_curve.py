@@ -1,0 +1,88 @@
+"""The new flagship's training curve beside the shipped model's, in one plot.
+
+    python benchmarks/flagship_curve.py runs/flagship_v2                  # stage 1
+    python benchmarks/flagship_curve.py runs/flagship_v2 runs/flagship_v2b  # both stages
+
+Reads each run's metrics.jsonl (the periodic NLL on the first 1,000 test lines against the
+training clock; a second stage is drawn after the first one's last minute) and the shipped
+model's curve as recovered from its figure (benchmarks/results/old_flagship_curve.json, made by
+digitize_curve.py). Writes the points it plots to benchmarks/results/flagship_curve.json (the
+runs are not committed, the points are) and the plot to docs/img/flagship_vs_old.png. Prints,
+for each NLL the shipped model reached, the first minute the new run reached it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD = ROOT / "benchmarks" / "results" / "old_flagship_curve.json"
+OUT_JSON = ROOT / "benchmarks" / "results" / "flagship_curve.json"
+OUT_PNG = ROOT / "docs" / "img" / "flagship_vs_old.png"
+
+
+def stage_points(run: Path, offset_min: float) -> tuple[list, dict]:
+    """[(minutes, nats)] of the periodic evals, and the run's last record with a final NLL."""
+    points, final = [], {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "test_nll_subset" in rec:
+            points.append([round(offset_min + rec["train_seconds"] / 60, 2), round(rec["test_nll_subset"], 3)])
+        if "test_nll_nats" in rec:
+            final = rec
+    return points, final
+
+
+def first_reaching(points: list, nats: float):
+    return next((m for m, v in points if v <= nats), None)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run directories in stage order")
+    a = ap.parse_args()
+    old = json.loads(OLD.read_text())
+    stages, offset = [], 0.0
+    for run in a.runs:
+        pts, final = stage_points(Path(run), offset)
+        stages.append({"run": str(run), "points": pts, "final": final})
+        offset = pts[-1][0] if pts else offset
+    new_pts = [p for s in stages for p in s["points"]]
+    OUT_JSON.write_text(json.dumps({"stages": stages, "old": {k: old[k] for k in ("stage1", "stage2")}},
+                                   indent=1) + "\n")
+    for minutes, nats in old["stage1"][-1:] + old["stage2"][-2:]:
+        print(f"shipped model: {nats:.2f} nats at {minutes:.0f} min; the new run first at or below it: "
+              f"{first_reaching(new_pts, nats)} min")
+    plot(old, stages)
+    print(f"wrote {OUT_PNG.relative_to(ROOT)} and {OUT_JSON.relative_to(ROOT)}")
+
+
+def plot(old: dict, stages: list) -> None:
+    import matplotlib            # plotting only here
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # (after the backend is set)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, label in (("stage1", "shipped model, stage 1"), ("stage2", "shipped model, stage 2")):
+        xs, ys = zip(*old[key])
+        ax.plot(xs, ys, "o-", ms=3, color="0.55" if key == "stage1" else "0.3", label=label)
+    for i, s in enumerate(stages):
+        if s["points"]:
+            xs, ys = zip(*s["points"])
+            ax.plot(xs, ys, "o-", ms=3, color=("tab:blue", "tab:orange")[i % 2],
+                    label=f"new recipe, stage {i + 1}")
+    ax.axhline(53.13, color="0.3", ls=":", lw=1)
+    ax.axvline(113.5, color="0.3", ls=":", lw=1)
+    ax.text(114.5, ax.get_ylim()[1] * 0.98, "half of 227 min", va="top", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("training minutes, one CPU core")
+    ax.set_ylabel("test NLL, nats/image (first 1,000 test lines)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    OUT_PNG.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(OUT_PNG, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
