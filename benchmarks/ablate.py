@@ -41,6 +41,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "ablate"
 DOC = ROOT / "docs" / "ablations.md"
 PLOT = ROOT / "docs" / "img" / "ablations.png"
 NOISE = 0.5      # nats: a smaller difference from the baseline is not counted as a gain or a loss
+NEW = "combo_no_canon_gqa1"     # the new recipe: the new_* runs change one part of it
 BEGIN, END = "<!-- ablate:table:begin -->", "<!-- ablate:table:end -->"
 
 # name, what it tests, GPTConfig fields, extra trainer flags. Most informative first. The batch
@@ -68,6 +69,8 @@ RUNS = [
      dict(without("conv_kernel"), n_kv_head=1, rope="none"), []),
     ("new_gelu", "the new recipe with GELU instead of relu2", dict(without("conv_kernel"),
                                                                   n_kv_head=1, act="gelu"), []),
+    ("new_rope2d", "the new recipe with rope by (pixel row, column) instead of token index",
+     dict(without("conv_kernel"), n_kv_head=1, rope="2d"), []),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),
@@ -216,6 +219,12 @@ def report() -> None:
         combo = res.get("combo")
         if d is None:
             verdict = "reference"
+        elif name.startswith("new_") and NEW in res:
+            dn = r["test_nll_nats"] - res[NEW]["test_nll_nats"]
+            swap = name == "new_rope2d"       # a replacement, not a part left out
+            good, bad = ("better: keep", "worse: drop") if swap else ("drop the part", "keep the part")
+            verdict = f"{dn:+.2f} vs new recipe: " + (good if dn <= -NOISE else bad if dn >= NOISE
+                                                      else "within noise")
         elif name.startswith("baseline"):
             verdict = "noise estimate"
         elif name.startswith("combo_") and combo and set(r["options"]) < set(combo["options"]):
@@ -228,7 +237,9 @@ def report() -> None:
             verdict = "combination" + ("" if d_c is None else f" ({d_c:+.2f} vs combo)")
         else:
             verdict = "kept" if d <= -NOISE else "dropped" + (" (within noise)" if d < NOISE else "")
-        dec = f"{r['decode_cpu_s_64x150'] / base['decode_cpu_s_64x150']:.2f}x" if base else ""
+        key = "decode_cpu_s_64x150_current" if all("decode_cpu_s_64x150_current" in x for x in res.values()) \
+            else "decode_cpu_s_64x150"
+        dec = f"{r[key] / base[key]:.2f}x" if base else ""
         rows.append(f"| {name} | {r['description']} | {verdict} | {r['test_nll_nats']:.2f} | "
                     f"{'' if d is None else f'{d:+.2f}'} | {r['steps']} | "
                     f"{r['tokens'] / r['train_cpu_seconds']:,.0f} | {dec} |")
@@ -278,6 +289,8 @@ def main():
     ap.add_argument("--list", action="store_true", help="list the runs and which are done")
     ap.add_argument("--report", action="store_true", help="only rewrite the table and plot")
     ap.add_argument("--refresh-code", action="store_true", help="copy the trainer again")
+    ap.add_argument("--redecode", action="store_true",
+                    help="measure every finished run's decode cost again with the current package")
     ap.add_argument("--after-pid", type=int, help="wait for this process (a run of a stopped batch) to end")
     a = ap.parse_args()
     if a.results:
@@ -290,6 +303,10 @@ def main():
             print(f"{'done' if name in done else '    '}  {name:<10} {opts} {extra}  {desc}")
         return
     if a.report:
+        report()
+        return
+    if a.redecode:
+        redecode(Path(a.out))
         report()
         return
     names = a.only.split(",") if a.only else [n for n, *_ in RUNS]
@@ -313,6 +330,46 @@ def main():
             print(f"{name}: retrying once (resume)", flush=True)
             run_one(name, desc, opts, extra, a)
         report()
+
+
+def decode_cost(model) -> list[float]:
+    """CPU seconds of 64 lines of 150 tokens, one token at a time with the KV cache, through the
+    bf16 sampler, three times (what each run measured at its end, with the current package)."""
+    import torch                                               # (only this subcommand needs it)
+    from mnisttext.tuning import prepare_for_sampling          # (the current package's sampler)
+    fast = prepare_for_sampling(model, "bf16")
+    times = []
+    with torch.inference_mode():
+        for rep in range(3):
+            g = torch.Generator().manual_seed(rep)
+            t0 = time.process_time()
+            cache = fast.new_cache(1)
+            fast(torch.tensor([[3]]), kv_cache=cache)
+            cache = cache.expand(64)
+            for _ in range(150):
+                fast(torch.randint(10, 74, (64, 1), generator=g), kv_cache=cache)
+            times.append(time.process_time() - t0)
+    return times
+
+
+def redecode(out: Path) -> None:
+    """decode_cpu_s_64x150_current for every result whose run's last/ is here."""
+    import torch                                               # (only this subcommand needs it)
+    from mnisttext import checkpoint                           # (the current package's loader)
+    torch.set_num_threads(1)
+    head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+    for path in sorted(RESULTS.glob("*.json")):
+        rec = json.loads(path.read_text())
+        last = out / rec["name"] / "last"
+        if not last.exists():
+            print(f"{rec['name']}: no checkpoint at {last}, skipped")
+            continue
+        model = checkpoint.load_model(last)[0]
+        times = decode_cost(model)
+        rec.update(decode_cpu_s_64x150_current=min(times), decode_cpu_s_all_current=times,
+                   decode_current_code=f"git {head}")
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+        print(f"{rec['name']}: {min(times):.3f} s (frozen trainer's code: {rec['decode_cpu_s_64x150']:.3f} s)")
 
 
 def current_runs() -> list:

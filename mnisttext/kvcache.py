@@ -114,9 +114,9 @@ class KVCache:
         attends, pos = self._attends, self.pos
         self._attends = False
         try:
-            for layer, (p, k, v) in pending.items():
+            for layer, (p, k, v, prep) in pending.items():
                 self.pos = p
-                self.write(layer, k, v)
+                self.write(layer, k, v, prep)
         finally:
             self._attends, self.pos = attends, pos
 
@@ -134,7 +134,7 @@ class KVCache:
             x = (x.float() * scale[..., None]).to(self.compute_dtype)
         return x
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, prep: "Prep | None" = None):
         """Store k, v (B, nkv, T, hs) at pos..pos+T; return all keys and values so far
         (B, nkv, pos+T, hs): the inputs themselves when the cache was empty, else views (plain
         layout) or copies (chunked).
@@ -142,13 +142,18 @@ class KVCache:
         One exception saves the chunked layout a copy of the whole cache per layer and step: once
         attend_one has been called on this cache, its caller decodes with attend_one, and a
         one-token write returns only the new k, v (the model ignores the return there); the
-        kernel stores them itself, as it attends (any other use of the cache stores them first)."""
+        kernel stores them itself, as it attends (any other use of the cache stores them first).
+
+        prep: the keys are stored as prep.key(k) (QK-norm, rope), which the kernel applies to
+        the keys it stores (see Prep)."""
         p, T = self.pos, k.shape[2]
         self._flush()
         if (T == 1 and p > 0 and self.chunked and self._attends and k.stride(-1) == 1
                 and v.stride(-1) == 1 and k.dtype == v.dtype == self.compute_dtype):
-            self._pending[layer] = (p, k, v)
+            self._pending[layer] = (p, k, v, prep)
             return k, v
+        if prep is not None:
+            k = prep.key(k)
         if p + T > self.shape[3]:
             raise ValueError(f"{p + T} positions > block size {self.shape[3]}")
         if self.v is None:
@@ -190,11 +195,11 @@ class KVCache:
             self._mask_key = key
         return self._mask
 
-    def attend_one(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+    def attend_one(self, layer: int, q: torch.Tensor, prep: "Prep | None" = None) -> torch.Tensor:
         """Attention of one new query per row and head over everything cached (its own key
         included, written first): q (B, nh, 1, hs) -> (B, nh, 1, hs). With fewer key/value
         heads than query heads (n_kv divides nh), query head h reads key/value head
-        h // (nh / n_kv)."""
+        h // (nh / n_kv). prep: q is attended as prep.query(q) (the kernel applies it)."""
         B, nh, _, hs = q.shape
         nkv, n = self.shape[2], self.pos + 1
         self._attends = True
@@ -204,9 +209,14 @@ class KVCache:
                 self._pending[layer] = new
                 self._flush()
                 new = None
+            if new is not None and new[3] is not prep:    # stored with another prep: store it first
+                self._pending[layer] = new
+                self._flush()
+                new = None
             if q.stride(-1) == 1 and q.dtype == self.compute_dtype:
                 out = torch.empty(B, nh, 1, hs, dtype=q.dtype)
-                kn, vn = new[1:] if new is not None else (None, None)
+                kn, vn = new[1:3] if new is not None else (None, None)
+                pr = prep.pointers() if prep is not None else (None, None, 0.0, None, None)
                 kind = 2 if self.int8 else int(q.dtype == torch.bfloat16)
                 rc = native_attend()(kind, int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0),
                                      q.stride(1), _ptr(kn), _ptr(vn), *_bh_strides(kn),
@@ -215,12 +225,15 @@ class KVCache:
                                      _ptr(None if self.ks is None else self.ks[layer]),
                                      _ptr(None if self.vs is None else self.vs[layer]),
                                      out.data_ptr(), B, nh, nkv, hs, n, 1.0 / math.sqrt(hs),
-                                     torch.get_num_threads())
+                                     torch.get_num_threads(), *pr)
                 if rc == 0:
                     return out
             if new is not None:
                 self._pending[layer] = new
                 self._flush()
+        if prep is not None:
+            q = prep.query(q)
+        if self.chunked:
             kf, vf = self.layer_view(layer, self.k, n), self.layer_view(layer, self.v, n)
             y = torch.softmax(q.reshape(B, nkv, -1, hs) @ kf.transpose(-1, -2) / math.sqrt(hs), -1) @ vf
             return y.reshape(B, nh, 1, hs).to(q.dtype)
@@ -302,6 +315,38 @@ class KVCache:
                 setattr(new, name, {key: torch.cat([getattr(c, name)[key].repeat_interleave(r, 0)
                                                     for c, r in zip(caches, reps)]) for key in value})
         return new
+
+
+class Prep:
+    """What the model does to a decode step's queries and new keys before attention (QK-norm:
+    RMSNorm with a gain; rope: the turn of (x_i, x_i+hs/2) by the position's angles), handed to
+    the cache so that the native kernel does it in fp32 as it reads them, instead of a dozen small
+    torch ops a layer. Where the kernel does not run, query() and key() do the same in torch.
+
+    q_gain, k_gain: (hs,) or None; cos, sin: (hs/2,) for this step's position, or None."""
+
+    def __init__(self, q_gain, k_gain, eps: float, cos, sin):
+        f = lambda t: None if t is None else t.detach().float().contiguous()
+        self.q_gain, self.k_gain, self.eps, self.cos, self.sin = f(q_gain), f(k_gain), float(eps), f(cos), f(sin)
+
+    def _apply(self, x: torch.Tensor, gain) -> torch.Tensor:
+        y = x.float()
+        if gain is not None:
+            y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps) * gain
+        if self.cos is not None:
+            y1, y2 = y.chunk(2, dim=-1)
+            y = torch.cat([y1 * self.cos - y2 * self.sin, y1 * self.sin + y2 * self.cos], dim=-1)
+        return y.to(x.dtype)
+
+    def query(self, q: torch.Tensor) -> torch.Tensor:
+        return self._apply(q, self.q_gain)
+
+    def key(self, k: torch.Tensor) -> torch.Tensor:
+        return self._apply(k, self.k_gain)
+
+    def pointers(self) -> tuple:
+        """The kernel's arguments: q gain, k gain, eps, cos, sin (NULL where absent)."""
+        return (_ptr(self.q_gain), _ptr(self.k_gain), self.eps, _ptr(self.cos), _ptr(self.sin))
 
 
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,7 +484,28 @@ typedef struct {
     const void *q; long qs_b, qs_h; const void *kn, *vn; long ks_b, ks_h, vs_b, vs_h;
     void *k, *v; float *kscale, *vscale; void *out;
     long r0, r1, B, nh, nkv, hs, n; float scale; int kind, qbf16, failed;
+    const float *qg, *kg, *rc, *rs; float eps;     /* prep: see prep() */
 } job_t;
+
+/* What the model does to a query or a new key before attention, where it leaves it to the
+   kernel (fp32, in place, x: hs values): RMSNorm with gain g (NULL: none), then the rotary turn
+   of the pairs (x_i, x_{i+hs/2}) by the angles whose cos, sin are rc, rs (NULL: none). */
+static void prep(float *x, long hs, const float *g, float eps, const float *rc, const float *rs) {
+    if (g) {
+        float ss = 0.0f;
+        for (long d = 0; d < hs; d++) ss += x[d] * x[d];
+        const float r = 1.0f / sqrtf(ss / (float)hs + eps);
+        for (long d = 0; d < hs; d++) x[d] = x[d] * r * g[d];
+    }
+    if (rc) {
+        const long h2 = hs / 2;
+        for (long i = 0; i < h2; i++) {
+            const float a = x[i], b = x[i + h2];
+            x[i] = a * rc[i] - b * rs[i];
+            x[i + h2] = a * rs[i] + b * rc[i];
+        }
+    }
+}
 
 /* int8: x ~ s * round(x / s), s = max|x| / 127 (1 where x is all zeros), ties to even (hs % 16 == 0) */
 /* dimension d goes to dst[(d / 2) * sp + (d % 2) * se] */
@@ -468,18 +534,24 @@ static void store_new(const job_t *j) {
     for (long b = j->r0; b < j->r1; b++)
         for (long g = 0; g < j->nkv; g++) {
             const long blk = (c * j->B + b) * j->nkv + g;
-            const char *ks = (const char *)j->kn + (b * j->ks_b + g * j->ks_h) * is;
+            const char *kraw = (const char *)j->kn + (b * j->ks_b + g * j->ks_h) * is;
             const char *vs = (const char *)j->vn + (b * j->vs_b + g * j->vs_h) * is;
+            float kf[MAXHS];                         /* the key, prepared, in fp32 */
+            for (long d = 0; d < hs; d++) kf[d] = ld(kraw, d, j->qbf16);
+            prep(kf, hs, j->kg, j->eps, j->rc, j->rs);
             char *kd = (char *)j->k + (blk * L * hs + slot * 2) * es;    /* dimension d: see kern */
             char *vd = (char *)j->v + (blk * L * hs + (slot / 2) * 2 * hs + slot % 2) * es;
             if (j->kind == I8) {
-                j->kscale[blk * L + slot] = quantize((int8_t *)kd, 2 * L, 1, ks, hs, j->qbf16);
+                j->kscale[blk * L + slot] = quantize((int8_t *)kd, 2 * L, 1, kf, hs, 0);
                 j->vscale[blk * L + slot] = quantize((int8_t *)vd, 4, 2, vs, hs, j->qbf16);
                 if (slot % 2 == 0) for (long d = 0; d < hs; d++) vd[2 * d + 1] = 0;
                 continue;
             }
-            for (long d = 0; d < hs; d++)            /* the storage dtype is the model's */
-                memcpy(kd + ((d >> 1) * 2 * L + (d & 1)) * es, ks + d * es, es);
+            for (long d = 0; d < hs; d++) {          /* the storage dtype is the model's */
+                char *dst = kd + ((d >> 1) * 2 * L + (d & 1)) * es;
+                if (es == 2) { const uint16_t h = f2bf(kf[d]); memcpy(dst, &h, 2); }
+                else memcpy(dst, &kf[d], 4);
+            }
             for (long d = 0; d < hs; d++) {
                 memcpy(vd + 2 * d * es, vs + d * es, es);
                 if (slot % 2 == 0) memset(vd + (2 * d + 1) * es, 0, es);
@@ -540,14 +612,17 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
     const int dot = 0;
 #endif
     float *qf = malloc(sizeof(float) * rows * nh * hs);
+    uint16_t *qh = malloc(sizeof(uint16_t) * rows * nh * hs);     /* q in bf16, for the dot path */
     float *acc = malloc(sizeof(float) * rows * nh * hs * 2);
     float *ms = malloc(sizeof(float) * rows * nh * 2);
-    if (!qf || !acc || !ms) { free(qf); free(acc); free(ms); j->failed = 1; return; }
+    if (!qf || !qh || !acc || !ms) { free(qf); free(qh); free(acc); free(ms); j->failed = 1; return; }
     for (long b = 0; b < rows; b++)
         for (long h = 0; h < nh; h++) {
             const long bh = b * nh + h;
             for (long d = 0; d < hs; d++)
                 qf[bh * hs + d] = ld(j->q, (j->r0 + b) * j->qs_b + h * j->qs_h + d, j->qbf16);
+            prep(qf + bh * hs, hs, j->qg, j->eps, j->rc, j->rs);
+            for (long d = 0; d < hs; d++) qh[bh * hs + d] = f2bf(qf[bh * hs + d]);   /* exact without prep */
             for (long d = 0; d < 2 * hs; d++) acc[bh * 2 * hs + d] = 0.0f;
             ms[bh * 2] = -1e30f;
             ms[bh * 2 + 1] = 0.0f;
@@ -568,8 +643,7 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
                 vf s;                                         /* the 16 positions' scores */
 #ifdef BF16DOT
                 if (dot && j->qbf16) {
-                    const uint16_t *qb = (const uint16_t *)j->q + (j->r0 + b) * j->qs_b + (g * rep + r) * j->qs_h;
-                    s = scores_dot(qb, (const uint16_t *)j->k + base, hs);
+                    s = scores_dot(qh + bh * hs, (const uint16_t *)j->k + base, hs);
                 } else
 #endif
                 s = scores(q, j->k, base, hs, kind);
@@ -638,7 +712,7 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
                 else ((float *)j->out)[o + d] = x;
             }
         }
-    free(qf); free(acc); free(ms);
+    free(qf); free(qh); free(acc); free(ms);
 }
 
 static void *thread_main(void *a) {
@@ -657,7 +731,8 @@ static void *thread_main(void *a) {
 int mnisttext_attend(int kind, int qbf16, const void *q, long qs_b, long qs_h, const void *kn,
                      const void *vn, long ks_b, long ks_h, long vs_b, long vs_h, void *k, void *v,
                      float *kscale, float *vscale, void *out, long B, long nh, long nkv, long hs,
-                     long n, float scale, int threads) {
+                     long n, float scale, int threads, const float *qg, const float *kg,
+                     float eps, const float *rc, const float *rs) {
     if (hs % L || hs > MAXHS || nkv < 1 || nh % nkv || n < 1 || B < 1 || kind < 0 || kind > 2) return -1;
     if (kind == BF16 && !qbf16) return -1;
     if (kind == I8 && (!kscale || !vscale)) return -1;
@@ -667,7 +742,8 @@ int mnisttext_attend(int kind, int qbf16, const void *q, long qs_b, long qs_h, c
     job_t jobs[64];
     for (int i = 0; i < threads; i++) {
         job_t jb = {q, qs_b, qs_h, kn, vn, ks_b, ks_h, vs_b, vs_h, k, v, kscale, vscale, out,
-                    B * i / threads, B * (i + 1) / threads, B, nh, nkv, hs, n, scale, kind, qbf16, 0};
+                    B * i / threads, B * (i + 1) / threads, B, nh, nkv, hs, n, scale, kind, qbf16, 0,
+                    qg, kg, rc, rs, eps};
         jobs[i] = jb;
     }
     int failed = 0;
@@ -750,13 +826,15 @@ def _load(lib: Path):
     fn.argtypes = ([ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_long,  # q
                     ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 4          # new k, v
                    + [ctypes.c_void_p] * 5 + [ctypes.c_long] * 5                     # k, v, scales, out
-                   + [ctypes.c_float, ctypes.c_int])
+                   + [ctypes.c_float, ctypes.c_int]
+                   + [ctypes.c_void_p] * 2 + [ctypes.c_float] + [ctypes.c_void_p] * 2)   # prep
     return fn
 
 
 def _self_check(fn) -> bool:
     """The kernel against torch on small random caches: each storage (fp32, bf16, int8), GQA,
-    partial chunks, the new key and value stored by the kernel, NaN in unwritten slots."""
+    partial chunks, the new key and value stored by the kernel, NaN in unwritten slots, and
+    (the second shape) QK-norm and rope done by the kernel (Prep)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for dtype, kind, tol in ((torch.float32, 0, 1e-5), (torch.bfloat16, 1, 2e-2),
@@ -765,6 +843,9 @@ def _self_check(fn) -> bool:
                 nc = -(-n // ALIGN)
                 k, v = (torch.randn(B, nkv, nc * ALIGN, hs).to(dtype) for _ in range(2))
                 kn, vn = k[:, :, n - 1].clone(), v[:, :, n - 1].clone()   # stored by the kernel
+                prep = Prep(torch.rand(hs) + 0.5, torch.rand(hs) + 0.5, 1e-6, torch.cos(torch.arange(hs // 2.0)),
+                            torch.sin(torch.arange(hs // 2.0))) if hs == 16 else None
+                kn_in, kn = kn, (kn if prep is None else prep.key(kn))   # what is stored
                 k[:, :, n - 1:], v[:, :, n - 1:] = float("nan"), float("inf")
                 ks = vs = None
                 if kind == 2:
@@ -780,9 +861,11 @@ def _self_check(fn) -> bool:
                 q = torch.randn(B, 1, nh * hs).to(dtype).view(B, 1, nh, hs).transpose(1, 2)
                 out = torch.empty(B, nh, 1, hs, dtype=dtype)
                 rc = fn(kind, int(dtype == torch.bfloat16), q.data_ptr(), q.stride(0), q.stride(1),
-                        kn.data_ptr(), vn.data_ptr(), kn.stride(0), kn.stride(1), vn.stride(0),
+                        kn_in.data_ptr(), vn.data_ptr(), kn.stride(0), kn.stride(1), vn.stride(0),
                         vn.stride(1), kc.data_ptr(), vc.data_ptr(), _ptr(ks), _ptr(vs),
-                        out.data_ptr(), B, nh, nkv, hs, n, 1.0 / math.sqrt(hs), 2)
+                        out.data_ptr(), B, nh, nkv, hs, n, 1.0 / math.sqrt(hs), 2,
+                        *(prep.pointers() if prep else (None, None, 0.0, None, None)))
+                q = q if prep is None else prep.query(q)
                 kk, vv = (t[:, :, :n].repeat_interleave(nh // nkv, 1) for t in (want_k, want_v))
                 want = torch.softmax(q.float() @ kk.transpose(-1, -2) / math.sqrt(hs), -1) @ vv
                 if rc != 0 or not torch.allclose(out.float(), want, atol=tol, rtol=tol):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from .kvcache import KVCache
+from .kvcache import KVCache, Prep
 from .runtime import Dropout
 
 GELUS = ("exact", "tanh")
@@ -270,18 +270,19 @@ class CausalSelfAttention(nn.Module):
             q, k, v = qkv.split([nh * hs, nkv * hs, nkv * hs], dim=2)
             q = q.view(B, T, nh, hs).transpose(1, 2)             # (B, nh, T, hs)
             k, v = (t.view(B, T, nkv, hs).transpose(1, 2) for t in (k, v))   # (B, nkv, T, hs)
-        if self.q_norm is not None:
+        prep = self._prep(cache, T, rope)
+        if prep is None and self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:    # the cache keeps the turned keys: a key's angle is its position's
+        if prep is None and rope is not None:    # the cache keeps the turned keys: a key's angle is its position's
             cos, sin = (t.to(q.dtype) for t in rope)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         p = 0
         if cache is not None:
             p = cache.pos
-            k, v = cache.write(layer, k, v)                      # (B, nkv, p+T, hs)
+            k, v = cache.write(layer, k, v, prep)                # (B, nkv, p+T, hs)
         # no dropout on the attention weights: it would force the slow math kernel on CPU
         if p > 0 and T == 1:    # (with nkv < nh, query head h reads key/value head h // (nh / nkv))
-            y = cache.attend_one(layer, q)                       # (B, nh, 1, hs)
+            y = cache.attend_one(layer, q, prep)                 # (B, nh, 1, hs)
         else:
             if nkv != nh:     # each group of nh / nkv query heads reads one key/value head
                 k, v = (t.repeat_interleave(nh // nkv, dim=1) for t in (k, v))   # (B, nh, p+T, hs)
@@ -294,6 +295,17 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)          # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+    def _prep(self, cache, T: int, rope) -> Prep | None:
+        """A one-token decode step over a chunked (native) cache leaves QK-norm and rope to the
+        cache's kernel (kvcache.Prep): one pass in fp32 instead of a dozen small ops a layer."""
+        if (cache is None or T != 1 or cache.pos == 0 or not cache.chunked
+                or (self.q_norm is None and rope is None)):
+            return None
+        qn, kn = self.q_norm, self.k_norm
+        return Prep(qn and qn.weight, kn and kn.weight, qn.eps if qn else 0.0,
+                    rope and rope[0][0], rope and rope[1][0])
 
 
 class MLP(nn.Module):
