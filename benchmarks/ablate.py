@@ -71,6 +71,12 @@ RUNS = [
                                                                   n_kv_head=1, act="gelu"), []),
     ("new_rope2d", "the new recipe with rope by (pixel row, column) instead of token index",
      dict(without("conv_kernel"), n_kv_head=1, rope="2d"), []),
+    # need a trainer copy made after these options existed (--refresh-code; then the new
+    # recipe's own run again with that copy, for a like-for-like reference)
+    ("new_ve", "the new recipe with value embeddings (a per-layer token embedding added to the values)",
+     dict(without("conv_kernel"), n_kv_head=1, value_embed=True), []),
+    ("new_unet", "the new recipe with U-net skips (first half's outputs into the second half's inputs)",
+     dict(without("conv_kernel"), n_kv_head=1, unet=True), []),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),

@@ -54,6 +54,9 @@ class GPTConfig:
     conv_at: str = "ac"        # where: before the attention ("a"), before the MLP ("c"), or both
     zero_init_proj: bool = False   # output projections (attention, MLP) start at zero
     n_kv_head: int = 0         # key/value heads (grouped-query attention); 0 = n_head
+    value_embed: bool = False  # a per-layer embedding of the token added to the values (zero at start)
+    unet: bool = False         # the first half's block outputs added to the second half's inputs
+                               # in mirror order, each with a learned weight (zero at start)
 
     def __post_init__(self):
         ints = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
@@ -61,7 +64,7 @@ class GPTConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name}: expected a positive integer, got {v!r}")
-        for name in ("bias", "bit_embed", "wpe", "qk_norm", "zero_init_proj"):
+        for name in ("bias", "bit_embed", "wpe", "qk_norm", "zero_init_proj", "value_embed", "unet"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
@@ -90,9 +93,9 @@ class GPTConfig:
                               f"multiple of 4")
         if self.arch == "gru" and (self.rope != "none" or self.qk_norm or self.act != "gelu"
                                    or self.conv_kernel or self.n_kv_head or not self.wpe
-                                   or self.zero_init_proj):
+                                   or self.zero_init_proj or self.value_embed or self.unet):
             raise ConfigError("arch: the gru has none of the GPT options (rope, qk_norm, act, "
-                              "conv_kernel, n_kv_head, wpe, zero_init_proj)")
+                              "conv_kernel, n_kv_head, wpe, zero_init_proj, value_embed, unet)")
         if self.vocab_size < 76:
             raise ConfigError(f"vocab_size: {self.vocab_size} is smaller than the 76 character tokens")
         if self.block_size < 3:
@@ -106,7 +109,8 @@ class GPTConfig:
         if self.arch == "gru":
             return self.n_layer * 6 * C * C + 2 * self.vocab_size * C
         kv = self.kv_heads * (C // self.n_head)
-        return self.n_layer * (10 * C * C + 2 * C * kv) + (self.vocab_size + self.block_size) * C
+        ve = self.n_layer * self.vocab_size * kv if self.value_embed else 0
+        return self.n_layer * (10 * C * C + 2 * C * kv) + (self.vocab_size + self.block_size) * C + ve
 
     @property
     def kv_heads(self) -> int:
@@ -115,7 +119,7 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         """From config.json. Configs saved before `gelu` existed used tanh; "none" is the old
-        name of "exact". Fields added later (wpe ... n_kv_head) default to the model as it was."""
+        name of "exact". Fields added later (wpe ... unet) default to the model as it was."""
         if not isinstance(d, dict):
             raise ConfigError("expected a JSON object")
         unknown = set(d) - {f.name for f in fields(cls)}
@@ -257,8 +261,9 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = RMSNorm(hs) if config.qk_norm else None
         self.k_norm = RMSNorm(hs) if config.qk_norm else None
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rope=None):
-        """x (B, T, C); rope: (cos, sin), each (T, hs/2), for these T positions, or None."""
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rope=None, ve=None):
+        """x (B, T, C); rope: (cos, sin), each (T, hs/2), for these T positions, or None;
+        ve: (B, T, n_kv_head * hs) added to the values, or None."""
         B, T, C = x.shape
         nh, nkv, hs = self.n_head, self.n_kv_head, C // self.n_head
         qkv = self.c_attn(x)                                     # (B, T, (nh + 2 nkv) hs)
@@ -270,6 +275,8 @@ class CausalSelfAttention(nn.Module):
             q, k, v = qkv.split([nh * hs, nkv * hs, nkv * hs], dim=2)
             q = q.view(B, T, nh, hs).transpose(1, 2)             # (B, nh, T, hs)
             k, v = (t.view(B, T, nkv, hs).transpose(1, 2) for t in (k, v))   # (B, nkv, T, hs)
+        if ve is not None:
+            v = v + ve.to(v.dtype).view(B, T, nkv, hs).transpose(1, 2)   # (B, nkv, T, hs)
         prep = self._prep(cache, T, rope)
         if prep is None and self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -334,11 +341,11 @@ class Block(nn.Module):
         self.canon_a = CausalConv(config.n_embd, k) if k and "a" in config.conv_at else None
         self.canon_c = CausalConv(config.n_embd, k) if k and "c" in config.conv_at else None
 
-    def forward(self, x, cache=None, layer=0, rope=None):
+    def forward(self, x, cache=None, layer=0, rope=None, ve=None):
         h = self.ln_1(x)
         if self.canon_a is not None:
             h = self.canon_a(h, cache, (layer, 0))
-        x = x + self.attn(h, cache, layer, rope)
+        x = x + self.attn(h, cache, layer, rope, ve)
         h = self.ln_2(x)
         if self.canon_c is not None:
             h = self.canon_c(h, cache, (layer, 1))
@@ -375,6 +382,14 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        # made last, as zeros: the other weights are those of the model without them (same seed)
+        if config.value_embed:
+            kv = config.kv_heads * (config.n_embd // config.n_head)
+            self.value_embeds = nn.ModuleList([nn.Embedding(config.vocab_size, kv) for _ in range(config.n_layer)])
+            for e in self.value_embeds:
+                nn.init.zeros_(e.weight)
+        if config.unet:
+            self.skip_weights = nn.Parameter(torch.zeros(config.n_layer // 2))
 
     @staticmethod
     def _init_weights(m):
@@ -415,8 +430,14 @@ class GPT(nn.Module):
             dt = self.transformer.wte.weight.dtype          # cast once here, not in every layer
             rope = (self.rope_cos[p0:p0 + T].to(dt), self.rope_sin[p0:p0 + T].to(dt))  # (T, hs/2) each
         x = self.transformer.drop(x)
+        n, half, skips = self.config.n_layer, self.config.n_layer // 2 if self.config.unet else 0, []
         for i, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, i, rope)
+            if i >= n - half:                                     # the mirror layer's output
+                x = x + self.skip_weights[n - 1 - i] * skips.pop()
+            ve = self.value_embeds[i](idx) if self.config.value_embed else None   # (B, T, kv)
+            x = block(x, kv_cache, i, rope, ve)
+            if i < half:
+                skips.append(x)
         if kv_cache is not None:
             kv_cache.pos += T
         logits = self.lm_head(self.transformer.ln_f(x))          # (B, T, V)

@@ -131,6 +131,9 @@ OPTIONS = {
     "canon_c": dict(conv_kernel=3, conv_at="c"), "canon1": dict(conv_kernel=1),
     "gqa": dict(n_kv_head=1),
     "all": dict(rope="1d", qk_norm=True, act="relu2", conv_kernel=6, zero_init_proj=True, n_kv_head=1),
+    "value_embed": dict(value_embed=True), "unet": dict(unet=True),
+    "new_recipe_ve_unet": dict(rope="1d", qk_norm=True, act="relu2", zero_init_proj=True, n_kv_head=1,
+                               value_embed=True, unet=True),
 }
 
 
@@ -140,7 +143,7 @@ def optioned(opts, seed=0, perturb=True):
     if perturb:      # zero-initialised weights (canon layers, projections) would hide mistakes
         with torch.no_grad():
             for n, p in model.named_parameters():
-                if "canon" in n or "c_proj" in n or "norm" in n:
+                if "canon" in n or "c_proj" in n or "norm" in n or "value_embeds" in n or "skip" in n:
                     p.add_(0.3 * torch.randn_like(p))
     return model
 
@@ -192,7 +195,8 @@ def test_new_fields_default_to_the_old_model():
     """A config.json without the new fields builds the model it always built: the same
     parameters, in the same order, with the same initial values for the same seed."""
     d = GPTConfig(**PRESETS["tiny"]).to_dict()
-    new_keys = ("wpe", "rope", "qk_norm", "act", "conv_kernel", "conv_at", "zero_init_proj", "n_kv_head")
+    new_keys = ("wpe", "rope", "qk_norm", "act", "conv_kernel", "conv_at", "zero_init_proj", "n_kv_head",
+                "value_embed", "unet")
     old = {k: v for k, v in d.items() if k not in new_keys}
     cfg = GPTConfig.from_dict(old)
     assert (cfg.wpe, cfg.rope, cfg.qk_norm, cfg.act, cfg.conv_kernel, cfg.zero_init_proj,
@@ -200,7 +204,7 @@ def test_new_fields_default_to_the_old_model():
     torch.manual_seed(0)
     names = [n for n, _ in build_model(cfg).named_parameters()]
     assert names[:2] == ["transformer.wte.weight", "transformer.wpe.weight"]
-    assert not any("canon" in n or "norm" in n for n in names)
+    assert not any("canon" in n or "norm" in n or "value_embeds" in n or "skip" in n for n in names)
     shipped = GPTConfig.from_dict(json.loads((ROOT / "checkpoints/gpt/config.json").read_text()))
     assert shipped.rope == "none" and shipped.conv_kernel == 0 and shipped.act == "gelu"
 
@@ -214,6 +218,20 @@ def test_canon_layers_start_as_the_identity_and_zero_init_zeroes_the_projections
     torch.testing.assert_close(canon(idx)[0], plain(idx)[0])
     z = build_model(GPTConfig(**dict(PRESETS["tiny"], zero_init_proj=True)))
     assert all(not p.any() for n, p in z.named_parameters() if n.endswith("c_proj.weight"))
+
+
+@pytest.mark.parametrize("opts", [dict(value_embed=True), dict(unet=True), dict(n_layer=3, unet=True)])
+def test_value_embeds_and_unet_skips_start_as_the_plain_model(opts):
+    """Zero at start, made after every other weight: the same seed gives the plain model's
+    weights and outputs."""
+    torch.manual_seed(0)
+    plain = build_model(GPTConfig(**dict(PRESETS["tiny"], **{k: v for k, v in opts.items() if k == "n_layer"}))).eval()
+    torch.manual_seed(0)
+    new = build_model(GPTConfig(**dict(PRESETS["tiny"], **opts))).eval()
+    idx = torch.randint(0, 76, (2, 30))
+    torch.testing.assert_close(new(idx)[0], plain(idx)[0])
+    extra = {n for n, _ in new.named_parameters()} - {n for n, _ in plain.named_parameters()}
+    assert extra and all(n.startswith(("value_embeds", "skip_weights")) for n in extra)
 
 
 def test_rope2d_angles_follow_pixel_rows_and_columns():
