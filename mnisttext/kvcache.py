@@ -35,6 +35,7 @@ import torch
 from .machine import cache_path, cpu_model
 
 ALIGN = 16          # capacities are padded to a multiple of this: the kernel reads 16 positions at once
+MAX_NATIVE_HS = 256 # the kernel's largest head size (MAXHS in NATIVE_SOURCE)
 
 
 class KVCache:
@@ -105,7 +106,7 @@ class KVCache:
     def _native_ok(self, t: torch.Tensor) -> bool:
         return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16)
                 and (self.dtype is None or self.dtype == t.dtype) and self.shape[4] % ALIGN == 0
-                and native_attend() is not None)
+                and self.shape[4] <= MAX_NATIVE_HS and native_attend() is not None)
 
     def _flush(self):
         """Store the new keys and values that the kernel was to store (see write), each at the
@@ -147,6 +148,8 @@ class KVCache:
         prep: the keys are stored as prep.key(k) (QK-norm, rope), which the kernel applies to
         the keys it stores (see Prep)."""
         p, T = self.pos, k.shape[2]
+        if p + T > self.shape[3]:            # before the pending branch: the kernel would write past it
+            raise ValueError(f"{p + T} positions > block size {self.shape[3]}")
         self._flush()
         if (T == 1 and p > 0 and self.chunked and self._attends and k.stride(-1) == 1
                 and v.stride(-1) == 1 and k.dtype == v.dtype == self.compute_dtype):
@@ -154,8 +157,6 @@ class KVCache:
             return k, v
         if prep is not None:
             k = prep.key(k)
-        if p + T > self.shape[3]:
-            raise ValueError(f"{p + T} positions > block size {self.shape[3]}")
         if self.v is None:
             self._alloc(self.batch_size, k, self._native_ok(k))
         if not self.chunked:
@@ -213,12 +214,13 @@ class KVCache:
                 self._pending[layer] = new
                 self._flush()
                 new = None
-            if q.stride(-1) == 1 and q.dtype == self.compute_dtype:
+            fn = native_attend()
+            if fn is not None and q.stride(-1) == 1 and q.dtype == self.compute_dtype:
                 out = torch.empty(B, nh, 1, hs, dtype=q.dtype)
                 kn, vn = new[1:3] if new is not None else (None, None)
                 pr = prep.pointers() if prep is not None else (None, None, 0.0, None, None)
                 kind = 2 if self.int8 else int(q.dtype == torch.bfloat16)
-                rc = native_attend()(kind, int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0),
+                rc = fn(kind, int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0),
                                      q.stride(1), _ptr(kn), _ptr(vn), *_bh_strides(kn),
                                      *_bh_strides(vn), self.k[layer].data_ptr(),
                                      self.v[layer].data_ptr(),
@@ -397,8 +399,8 @@ def unchunk(x: torch.Tensor, keys: bool) -> torch.Tensor:
 # The native decode attention. One call does every row and head of one layer, its rows split over
 # torch's OpenMP threads (the same pool as torch's ops; POSIX threads where the compiler has no
 # OpenMP). Each thread walks the chunks of ALIGN positions in order, so its reads stream through
-# memory; for each row and head: 16 scores q . k_t at once (16 dot products, their lanes summed
-# by one transpose-add), an online softmax in fp32 (running max and sum, a polynomial exp so the
+# memory; for each row and head: 16 scores q . k_t at once (the keys stored in dimension pairs,
+# so the scores come out as one vector), an online softmax in fp32 (running max and sum, a polynomial exp so the
 # loops vectorize), and the values weighted by the probabilities added to an fp32 accumulator.
 # With AVX512-BF16 (-march=native) bf16 caches use the bf16 dot product instruction for both
 # products (the probabilities rounded to bf16, as torch's bf16 path rounds them); otherwise bf16
@@ -735,6 +737,7 @@ int mnisttext_attend(int kind, int qbf16, const void *q, long qs_b, long qs_h, c
                      float eps, const float *rc, const float *rs) {
     if (hs % L || hs > MAXHS || nkv < 1 || nh % nkv || n < 1 || B < 1 || kind < 0 || kind > 2) return -1;
     if (kind == BF16 && !qbf16) return -1;
+    if (kind == F32 && qbf16) return -1;           /* store_new would read 4 bytes per 2-byte value */
     if (kind == I8 && (!kscale || !vscale)) return -1;
     if (threads > 64) threads = 64;
     if (threads > B) threads = (int)B;
@@ -834,7 +837,7 @@ def _load(lib: Path):
 def _self_check(fn) -> bool:
     """The kernel against torch on small random caches: each storage (fp32, bf16, int8), GQA,
     partial chunks, the new key and value stored by the kernel, NaN in unwritten slots, and
-    (the second shape) QK-norm and rope done by the kernel (Prep)."""
+    (the first two shapes) QK-norm and rope done by the kernel (Prep)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for dtype, kind, tol in ((torch.float32, 0, 1e-5), (torch.bfloat16, 1, 2e-2),
@@ -844,7 +847,7 @@ def _self_check(fn) -> bool:
                 k, v = (torch.randn(B, nkv, nc * ALIGN, hs).to(dtype) for _ in range(2))
                 kn, vn = k[:, :, n - 1].clone(), v[:, :, n - 1].clone()   # stored by the kernel
                 prep = Prep(torch.rand(hs) + 0.5, torch.rand(hs) + 0.5, 1e-6, torch.cos(torch.arange(hs // 2.0)),
-                            torch.sin(torch.arange(hs // 2.0))) if hs == 16 else None
+                            torch.sin(torch.arange(hs // 2.0))) if hs in (16, 64) else None
                 kn_in, kn = kn, (kn if prep is None else prep.key(kn))   # what is stored
                 k[:, :, n - 1:], v[:, :, n - 1:] = float("nan"), float("inf")
                 ks = vs = None

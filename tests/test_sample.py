@@ -293,6 +293,23 @@ def test_a_cache_read_back_equals_what_was_written():
             kvcache.set_native(True)
 
 
+def test_a_decode_step_past_the_block_size_is_refused():
+    """The check comes before the kernel's deferred store (which would write past the buffer)."""
+    c = kvcache.KVCache(2, 1, 1, 16, 16)
+    x = torch.randn(1, 1, 15, 16)
+    with torch.inference_mode():
+        c.write(0, x, x)
+        c.write(1, x, x)
+        c.pos = 15
+        step = torch.randn(1, 1, 1, 16)
+        for layer in (0, 1):
+            c.write(layer, step, step)
+            c.attend_one(layer, torch.randn(1, 1, 1, 16))
+        c.pos = 16
+        with pytest.raises(ValueError, match="block size"):
+            c.write(0, step, step)
+
+
 def test_rows_are_batch_independent_on_this_machine():
     """What sample_digits relies on to batch digits (tuning.rows_independent checks it on the
     real model at first use): a row's logits do not depend on the rows beside it."""
