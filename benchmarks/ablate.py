@@ -77,6 +77,8 @@ RUNS = [
      dict(without("conv_kernel"), n_kv_head=1, value_embed=True), []),
     ("new_unet", "the new recipe with U-net skips (first half's outputs into the second half's inputs)",
      dict(without("conv_kernel"), n_kv_head=1, unet=True), []),
+    ("new_muon", "the new recipe trained with Muon for the blocks' matrices (lr 0.02), AdamW for the rest",
+     dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon"]),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),

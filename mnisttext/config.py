@@ -90,7 +90,10 @@ class TrainConfig:
     clock: str = _f("wall", "what --minutes and train_seconds count: wall-clock time, or this "
                     "process's CPU time (a run sharing its cores is not charged for waiting)",
                     "schedule", choices=("wall", "cpu"))
-    optimizer: str = _f("adamw", "optimizer", "schedule", choices=("adam", "adamw"), per_recipe=True)
+    optimizer: str = _f("adamw", "optimizer (muon: Muon for the blocks' weight matrices, AdamW for "
+                        "the rest)", "schedule", choices=("adam", "adamw", "muon"), per_recipe=True)
+    muon_lr: float = _f(0.02, "peak learning rate of the Muon matrices (with --optimizer muon; "
+                        "the schedule scales it with --lr's)", "schedule", above=0, hi=10)
     lr: float = _f(3e-3, "peak learning rate", "schedule", above=0, hi=10, per_recipe=True)
     min_lr_frac: float = _f(0.05, "final LR / peak LR (cosine)", "schedule", lo=0, hi=1)
     schedule: str = _f("cosine", "LR schedule after warmup", "schedule",

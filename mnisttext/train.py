@@ -38,6 +38,7 @@ from . import tokenizer as tk
 from .checkpoint import CheckpointError, RunDirError
 from .config import RECIPES, TrainConfig  # noqa: F401  (RECIPES: the benchmarks read it here)
 from .model import ConfigError, GPTConfig, build_model
+from .muon import MuonAdamW, split_params
 from .runtime import keep_freed_memory  # noqa: F401  (the speed benchmark and a test use it here)
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -80,6 +81,9 @@ def make_optimizer(model, cfg):
     fused = dict(fused=True) if next(model.parameters()).device.type in ("cpu", "cuda") else {}
     if _get(cfg, "optimizer") == "adam":
         return torch.optim.Adam(model.parameters(), lr=_get(cfg, "lr"), **fused)
+    if _get(cfg, "optimizer") == "muon":
+        lr = _get(cfg, "lr")
+        return MuonAdamW(split_params(model, _get(cfg, "weight_decay"), _get(cfg, "muon_lr", 0.02) / lr), lr=lr)
     return torch.optim.AdamW(groups, lr=_get(cfg, "lr"), betas=(0.9, 0.95), **fused)
 
 

@@ -80,9 +80,10 @@ def test_loss_decreases_and_run_dir_is_complete(tmp_path, small_corpus, capsys):
     assert "{" not in err.splitlines()[-1]                  # no JSON dump at the end
 
 
-def test_resume_continues_exactly(tmp_path, small_corpus):
-    a = fit(tmp_path / "a", small_corpus, "--max-steps", "10")
-    fit(tmp_path / "b", small_corpus, "--max-steps", "10", "--stop-after", "4")
+@pytest.mark.parametrize("opt", [[], ["--optimizer", "muon"]], ids=["adamw", "muon"])
+def test_resume_continues_exactly(tmp_path, small_corpus, opt):
+    a = fit(tmp_path / "a", small_corpus, "--max-steps", "10", *opt)
+    fit(tmp_path / "b", small_corpus, "--max-steps", "10", "--stop-after", "4", *opt)
     started = json.loads((tmp_path / "b" / "args.json").read_text())["machine"]["started"]
     b = fit(tmp_path / "b", small_corpus, "--max-steps", "10", "--resume")
     machine = json.loads((tmp_path / "b" / "args.json").read_text())["machine"]
