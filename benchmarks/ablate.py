@@ -227,6 +227,9 @@ def report() -> None:
         combo = res.get("combo")
         if d is None:
             verdict = "reference"
+        elif name == NEW:
+            verdict = "**the new recipe**" + (f" ({r['test_nll_nats'] - combo['test_nll_nats']:+.2f} vs combo)"
+                                              if combo else "")
         elif name.startswith("new_") and NEW in res:
             dn = r["test_nll_nats"] - res[NEW]["test_nll_nats"]
             swap = name == "new_rope2d"       # a replacement, not a part left out
