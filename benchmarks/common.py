@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -62,7 +63,19 @@ def machine(device="cpu") -> dict:
     return d
 
 
+def repo_relative(value):
+    """A path inside the repository as written from its root (history.jsonl is shared across
+    machines and clones); anything else unchanged."""
+    if isinstance(value, str) and os.path.isabs(value):
+        try:
+            return str(Path(value).resolve().relative_to(ROOT))
+        except ValueError:
+            return value
+    return value
+
+
 def record(bench: str, result: dict) -> None:
+    result = {k: repo_relative(v) for k, v in result.items()}
     rec = {"bench": bench, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}
     with open(HISTORY, "a") as f:
         f.write(json.dumps(rec) + "\n")
