@@ -102,9 +102,30 @@ RUNS = [
 ]
 
 
+def time_decode(fast) -> list[float]:
+    """CPU seconds of 64 lines of 150 tokens through the sampler `fast`, one token at a time
+    with the KV cache, three times. Runs in the batch's child processes too (child_code)."""
+    import time                                                # (self-contained: see child_code)
+    import torch                                               # (self-contained: see child_code)
+    times = []
+    with torch.inference_mode():
+        for rep in range(3):
+            g = torch.Generator().manual_seed(rep)
+            t0 = time.process_time()
+            cache = fast.new_cache(1)
+            fast(torch.tensor([[3]]), kv_cache=cache)
+            cache = cache.expand(64)
+            for _ in range(150):
+                fast(torch.randint(10, 74, (64, 1), generator=g), kv_cache=cache)
+            times.append(time.process_time() - t0)
+    return times
+
+
 def child_code() -> str:
-    """What each run executes (in a fresh process, from the frozen copy)."""
-    return r'''
+    """What each run executes (in a fresh process, from the frozen copy): the trainer, then
+    time_decode (its source) on the frozen package's sampler."""
+    import inspect                                             # (only to ship time_decode's source)
+    return inspect.getsource(time_decode) + r'''
 import argparse, json, sys, time, types
 from pathlib import Path
 from mnisttext import train, checkpoint, packing
@@ -125,20 +146,7 @@ model, config, tok = checkpoint.load_model(Path(spec["out"]) / "last")
 result["params"] = model.num_params()
 result["config"] = config.to_dict()
 # decode cost: 64 candidates, one token at a time over a whole line, as the sampler runs it
-fast = packing.prepare_for_sampling(model, "auto")
-times = []
-with torch.inference_mode():
-    for rep in range(3):
-        g = torch.Generator().manual_seed(rep)
-        t0 = time.process_time()
-        cache = fast.new_cache(1)
-        logits = fast(torch.tensor([[3]]), kv_cache=cache)[0][:, -1]
-        cache = cache.expand(64)
-        tok_ = torch.randint(10, 74, (64,), generator=g)
-        for t in range(1, 151):
-            logits = fast(tok_[:, None], kv_cache=cache)[0][:, -1]
-            tok_ = torch.randint(10, 74, (64,), generator=g)
-        times.append(time.process_time() - t0)
+times = time_decode(packing.prepare_for_sampling(model, "auto"))
 result["decode_cpu_s_64x150"] = min(times)
 result["decode_cpu_s_all"] = times
 Path(spec["result"]).write_text(json.dumps(result))
@@ -219,6 +227,8 @@ def report() -> None:
         print("no results yet")
         return
     base = res.get("baseline")
+    key = "decode_cpu_s_64x150_current" if all("decode_cpu_s_64x150_current" in x for x in res.values()) \
+        else "decode_cpu_s_64x150"
     rows = ["| run | change | verdict | test NLL, nats/image (all 10,000 lines) | vs baseline | "
             "steps | tokens per CPU-s | decode CPU time vs baseline |",
             "|---|---|---|---|---|---|---|---|"]
@@ -248,8 +258,6 @@ def report() -> None:
             verdict = "combination" + ("" if d_c is None else f" ({d_c:+.2f} vs combo)")
         else:
             verdict = "kept" if d <= -NOISE else "dropped" + (" (within noise)" if d < NOISE else "")
-        key = "decode_cpu_s_64x150_current" if all("decode_cpu_s_64x150_current" in x for x in res.values()) \
-            else "decode_cpu_s_64x150"
         dec = f"{r[key] / base[key]:.2f}x" if base else ""
         rows.append(f"| {name} | {r['description']} | {verdict} | {r['test_nll_nats']:.2f} | "
                     f"{'' if d is None else f'{d:+.2f}'} | {r['steps']} | "
@@ -344,23 +352,10 @@ def main():
 
 
 def decode_cost(model) -> list[float]:
-    """CPU seconds of 64 lines of 150 tokens, one token at a time with the KV cache, through the
-    bf16 sampler, three times (what each run measured at its end, with the current package)."""
-    import torch                                               # (only this subcommand needs it)
+    """time_decode through the current package's bf16 sampler (what each run measured at its
+    end, with its frozen copy)."""
     from mnisttext.tuning import prepare_for_sampling          # (the current package's sampler)
-    fast = prepare_for_sampling(model, "bf16")
-    times = []
-    with torch.inference_mode():
-        for rep in range(3):
-            g = torch.Generator().manual_seed(rep)
-            t0 = time.process_time()
-            cache = fast.new_cache(1)
-            fast(torch.tensor([[3]]), kv_cache=cache)
-            cache = cache.expand(64)
-            for _ in range(150):
-                fast(torch.randint(10, 74, (64, 1), generator=g), kv_cache=cache)
-            times.append(time.process_time() - t0)
-    return times
+    return time_decode(prepare_for_sampling(model, "bf16"))
 
 
 def redecode(out: Path) -> None:

@@ -206,11 +206,8 @@ class KVCache:
         self._attends = True
         if self.chunked:
             new = self._pending.pop(layer, None)
-            if new is not None and new[0] != self.pos:          # not this step's: store it first
-                self._pending[layer] = new
-                self._flush()
-                new = None
-            if new is not None and new[3] is not prep:    # stored with another prep: store it first
+            # not this step's, or written with another prep: stored first, with its own prep
+            if new is not None and (new[0] != self.pos or new[3] is not prep):
                 self._pending[layer] = new
                 self._flush()
                 new = None
@@ -624,7 +621,8 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
             for (long d = 0; d < hs; d++)
                 qf[bh * hs + d] = ld(j->q, (j->r0 + b) * j->qs_b + h * j->qs_h + d, j->qbf16);
             prep(qf + bh * hs, hs, j->qg, j->eps, j->rc, j->rs);
-            for (long d = 0; d < hs; d++) qh[bh * hs + d] = f2bf(qf[bh * hs + d]);   /* exact without prep */
+            if (dot)                                 /* exact without prep */
+                for (long d = 0; d < hs; d++) qh[bh * hs + d] = f2bf(qf[bh * hs + d]);
             for (long d = 0; d < 2 * hs; d++) acc[bh * 2 * hs + d] = 0.0f;
             ms[bh * 2] = -1e30f;
             ms[bh * 2 + 1] = 0.0f;

@@ -39,11 +39,8 @@ def orthogonalize(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
 def split_params(model: nn.Module, weight_decay: float, muon_lr_mult: float) -> list[dict]:
     """Param groups: the blocks' hidden matrices for Muon; other matrices (embeddings, head)
     with weight decay and AdamW; vectors (biases, gains) AdamW without decay."""
-    muon, decay, no_decay, seen = [], [], [], set()
-    for name, p in model.named_parameters():
-        if id(p) in seen:                         # tied weights: once
-            continue
-        seen.add(id(p))
+    muon, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():      # (tied weights come once)
         if name.endswith(HIDDEN) and p.dim() == 2:
             muon.append(p)
         elif p.dim() >= 2:
