@@ -427,6 +427,7 @@ typedef uint32_t vu __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 typedef uint16_t vh __attribute__((vector_size(32)));
 typedef int8_t vb __attribute__((vector_size(16)));
+typedef int32_t word __attribute__((may_alias));      /* two bf16 values read as one */
 
 /* 16 values from base[off..off+16) as fp32: stored as fp32, bf16 or int8 */
 static inline vf load16(const void *base, long off, int kind) {
@@ -579,17 +580,52 @@ static inline vf scores(const float *q, const void *k, long base, long hs, int k
          + __builtin_shufflevector(x, y, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 #ifdef BF16DOT
-/* The same with bf16 q and keys: one dot-product instruction per dimension pair, four chains. */
-static inline vf scores_dot(const uint16_t *q, const uint16_t *k, long hs) {
-    __m512 x[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+/* The bf16 dot-product path for one chunk and hb (<= 4) query heads sharing a key/value head:
+   the keys and values are loaded once for all of them, and their chains (products, max, exp,
+   sum, then products again) interleave, where one head's chain alone leaves the core waiting.
+   Scores: a pair of q's values times 16 keys is one instruction (keys in dimension pairs), four
+   chains. qh, ac, m: the first head's query (bf16), accumulator (hs) and (running max, sum);
+   the others follow hs, 2 * hs and 2 apart. Each head's operations are those of a head alone. */
+static inline __attribute__((always_inline)) void dot_heads(
+        const uint16_t *qh, float *ac, float *m, const uint16_t *kb, const uint16_t *vb,
+        long valid, float scale, const int hb, const long nv) {
+    const long hs = nv * L, pairs = (valid + 1) / 2;
+    const __mmask16 ok = (__mmask16)((1u << valid) - 1u);          /* positions written */
+    __m512 x[4][4], y[4][MAXHS / L];
+    uint16_t pw[4][L];                                  /* probabilities in bf16, read in pairs */
+    for (int h = 0; h < hb; h++)
+        for (int u = 0; u < 4; u++) x[h][u] = _mm512_setzero_ps();
     for (long d = 0; d < hs / 2; d += 4)
         for (int u = 0; u < 4; u++) {
-            uint32_t w; memcpy(&w, q + 2 * (d + u), sizeof w);
-            x[u] = _mm512_dpbf16_ps(x[u], (__m512bh)_mm512_set1_epi32((int)w),
-                                    (__m512bh)_mm512_loadu_si512(k + (d + u) * 2 * L));
+            const __m512bh kv = (__m512bh)_mm512_loadu_si512(kb + (d + u) * 2 * L);
+            for (int h = 0; h < hb; h++)
+                x[h][u] = _mm512_dpbf16_ps(x[h][u], (__m512bh)_mm512_set1_epi32(((const word *)qh)[h * hs / 2 + d + u]), kv);
         }
-    __m512 t = _mm512_add_ps(_mm512_add_ps(x[0], x[1]), _mm512_add_ps(x[2], x[3]));
-    vf r; memcpy(&r, &t, sizeof r); return r;
+    for (int h = 0; h < hb; h++) {
+        __m512 t = _mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(x[h][0], x[h][1]), _mm512_add_ps(x[h][2], x[h][3])),
+                                 _mm512_set1_ps(scale));
+        t = _mm512_mask_mov_ps(_mm512_set1_ps(-1e30f), ok, t);
+        const float mo = m[2 * h], mn = fmaxf(_mm512_reduce_max_ps(t), mo);
+        vf s, z = {0}; memcpy(&s, &t, sizeof s);
+        const float alpha = vexp(z + (mo - mn))[0];
+        vf p = vexp(s - mn);
+        __m512 pf; memcpy(&pf, &p, sizeof pf);
+        pf = _mm512_maskz_mov_ps(ok, pf);
+        m[2 * h] = mn;
+        m[2 * h + 1] = m[2 * h + 1] * alpha + _mm512_reduce_add_ps(pf);
+        __m256bh pb = _mm512_cvtneps_pbh(pf);           /* word jp: (p[2jp], p[2jp+1]) */
+        memcpy(pw[h], &pb, sizeof pb);
+        const __m512 av = _mm512_set1_ps(alpha);
+        for (long i = 0; i < nv; i++) y[h][i] = _mm512_mul_ps(_mm512_loadu_ps(ac + h * 2 * hs + i * L), av);
+    }
+    for (long jp = 0; jp < pairs; jp++)
+        for (long i = 0; i < nv; i++) {
+            const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + jp * 2 * hs + i * 2 * L);
+            for (int h = 0; h < hb; h++)
+                y[h][i] = _mm512_dpbf16_ps(y[h][i], (__m512bh)_mm512_set1_epi32(((const word *)pw[h])[jp]), vv);
+        }
+    for (int h = 0; h < hb; h++)
+        for (long i = 0; i < nv; i++) _mm512_storeu_ps(ac + h * 2 * hs + i * L, y[h][i]);
 }
 #endif
 
@@ -597,9 +633,9 @@ static inline vf scores_dot(const uint16_t *q, const uint16_t *k, long hs) {
    side by side; v: (n_chunks, B, nkv, 8, hs, 2): positions in pairs, each
    dimension's two values side by side (what the bf16 dot product instruction takes); int8 caches
    with a scale per position, kscale and vscale (n_chunks, B, nkv, 16); q: row b, head h at
-   q[b * qs_b + h * qs_h]; out: (B, nh, hs). Per (row, head): a running max, a running sum and an
-   accumulator (hs, 2), the two positions of a pair apart until the end (one (hs) accumulator with
-   the bf16 dot product). */
+   q[b * qs_b + h * qs_h]; out: (B, nh, hs). Chunk by chunk through memory, per (row, head) a
+   running max, a running sum and an accumulator (hs, 2), the two positions of a pair apart until
+   the end (one (hs) accumulator on the bf16 dot-product path, dot_heads). */
 static inline __attribute__((always_inline)) void kern(job_t *j, const int kind, const long NV) {
     /* NV: hs / 16 as a constant (0: read from j), so the accumulators below stay in registers */
     const long nv = NV ? NV : j->hs / L, hs = nv * L;
@@ -637,16 +673,25 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
             const long blk = (c * B + j->r0 + b) * nkv + g, base = blk * L * hs;
             vf ksc = one, vsc = one;
             if (kind == I8) { memcpy(&ksc, j->kscale + blk * L, sizeof ksc); memcpy(&vsc, j->vscale + blk * L, sizeof vsc); }
+#ifdef BF16DOT
+            if (dot) {                                        /* the group's heads, 4 at a time */
+                for (long r = 0; r < rep; r += 4) {
+                    const long bh = b * nh + g * rep + r, hb = rep - r < 4 ? rep - r : 4;
+                    const uint16_t *kb = (const uint16_t *)j->k + base, *vb = (const uint16_t *)j->v + base;
+                    const uint16_t *q = qh + bh * hs;
+                    float *ac = acc + bh * 2 * hs, *mb = ms + bh * 2;
+                    if (hb == 4) dot_heads(q, ac, mb, kb, vb, valid, j->scale, 4, nv);
+                    else if (hb == 3) dot_heads(q, ac, mb, kb, vb, valid, j->scale, 3, nv);
+                    else if (hb == 2) dot_heads(q, ac, mb, kb, vb, valid, j->scale, 2, nv);
+                    else dot_heads(q, ac, mb, kb, vb, valid, j->scale, 1, nv);
+                }
+                continue;
+            }
+#endif
             for (long r = 0; r < rep; r++) {
                 const long bh = b * nh + g * rep + r;
                 const float *q = qf + bh * hs;
-                vf s;                                         /* the 16 positions' scores */
-#ifdef BF16DOT
-                if (dot && j->qbf16) {
-                    s = scores_dot(qh + bh * hs, (const uint16_t *)j->k + base, hs);
-                } else
-#endif
-                s = scores(q, j->k, base, hs, kind);
+                vf s = scores(q, j->k, base, hs, kind);       /* the 16 positions' scores */
                 s = s * ksc * j->scale;                       /* unwritten lanes: masked next */
                 s = vsel(lane < validv, s, neg);              /* positions not yet written */
                 const float m = ms[bh * 2];
@@ -659,26 +704,6 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
                 ms[bh * 2 + 1] = ms[bh * 2 + 1] * alpha + hsum(p);
                 float *ac = acc + bh * 2 * hs;
                 const long pairs = (valid + 1) / 2;
-#ifdef BF16DOT
-                if (dot) {
-                    const uint16_t *vb = (const uint16_t *)j->v + base;
-                    __m512 pf; memcpy(&pf, &p, sizeof pf);
-                    __m256bh pb = _mm512_cvtneps_pbh(pf);       /* word jp: (p[2jp], p[2jp+1]) */
-                    uint32_t pw[L / 2]; memcpy(pw, &pb, sizeof pw);
-                    /* x[i]: dimensions i*16 .. i*16+15; the nv chains interleaved, each pair
-                       position's products independent of the other accumulators' */
-                    __m512 x[MAXHS / L];
-                    const __m512 av = _mm512_set1_ps(alpha);
-                    for (long i = 0; i < nv; i++) x[i] = _mm512_mul_ps(_mm512_loadu_ps(ac + i * L), av);
-                    for (long jp = 0; jp < pairs; jp++) {
-                        const __m512bh w = (__m512bh)_mm512_set1_epi32((int)pw[jp]);
-                        for (long i = 0; i < nv; i++)
-                            x[i] = _mm512_dpbf16_ps(x[i], w, (__m512bh)_mm512_loadu_si512(vb + jp * 2 * hs + i * 2 * L));
-                    }
-                    for (long i = 0; i < nv; i++) _mm512_storeu_ps(ac + i * L, x[i]);
-                    continue;
-                }
-#endif
                 const vf pv = vsel(lane < validv, p * vsc, zero);   /* unwritten scales: never used */
                 vf pp[L / 2];                                   /* (p[2jp], p[2jp+1]) repeated */
                 pp[0] = __builtin_shufflevector(pv, pv, 0,1,0,1,0,1,0,1,0,1,0,1,0,1,0,1);
@@ -833,14 +858,15 @@ def _load(lib: Path):
 
 
 def _self_check(fn) -> bool:
-    """The kernel against torch on small random caches: each storage (fp32, bf16, int8), GQA,
-    partial chunks, the new key and value stored by the kernel, NaN in unwritten slots, and
-    (the first two shapes) QK-norm and rope done by the kernel (Prep)."""
+    """The kernel against torch on small random caches: each storage (fp32, bf16, int8), GQA
+    (2, 3 and 8 query heads a key/value head), partial chunks, the new key and value stored by
+    the kernel, NaN in unwritten slots, and QK-norm and rope done by the kernel (Prep, hs 16, 64)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for dtype, kind, tol in ((torch.float32, 0, 1e-5), (torch.bfloat16, 1, 2e-2),
                                  (torch.bfloat16, 2, 5e-2), (torch.float32, 2, 5e-2)):
-            for B, nh, nkv, hs, n in ((3, 4, 4, 64, 37), (2, 4, 2, 16, 48), (5, 2, 1, 32, 1)):
+            for B, nh, nkv, hs, n in ((3, 4, 4, 64, 37), (2, 4, 2, 16, 48), (5, 2, 1, 32, 1),
+                                     (2, 8, 1, 64, 40), (2, 6, 2, 16, 17)):    # 4 + 4, 3 heads a group
                 nc = -(-n // ALIGN)
                 k, v = (torch.randn(B, nkv, nc * ALIGN, hs).to(dtype) for _ in range(2))
                 kn, vn = k[:, :, n - 1].clone(), v[:, :, n - 1].clone()   # stored by the kernel

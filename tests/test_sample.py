@@ -225,6 +225,13 @@ def gqa(seed=0):
     return build_model(GPTConfig(**dict(PRESETS["tiny"], n_kv_head=1))).eval()      # 2 query heads, 1 kv
 
 
+def gqa4(seed=0):
+    """Four query heads share one key/value head (the kernel takes them together)."""
+    torch.manual_seed(seed)
+    return build_model(GPTConfig(**dict(PRESETS["tiny"], n_head=4, n_embd=64, n_kv_head=1, rope="1d",
+                                        qk_norm=True))).eval()
+
+
 def new_recipe(seed=0):
     """QK-norm and rope (which the kernel applies in a decode step: kvcache.Prep), relu2, GQA."""
     torch.manual_seed(seed)
@@ -232,7 +239,7 @@ def new_recipe(seed=0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("make", [tiny, gqa, new_recipe])
+@pytest.mark.parametrize("make", [tiny, gqa, gqa4, new_recipe])
 def test_native_attention_equals_torch(dtype, make):
     """Decoding through the native kernel (chunked cache, keys and values stored by the kernel)
     gives the torch fallback's logits (plain cache) up to rounding."""
