@@ -136,16 +136,36 @@ from mnisttext import train, checkpoint, packing
 import torch
 spec = json.loads(sys.argv[1])
 assert Path(train.__file__).resolve().parents[1] == Path(spec["code"]).resolve(), train.__file__
-# the budget in this process's CPU time: the trainer's only clock is time.perf_counter
-train.time = types.SimpleNamespace(perf_counter=time.process_time, strftime=time.strftime,
-                                   time=time.time)
 options = spec["options"]
-train.MODEL_FLAGS = tuple(train.MODEL_FLAGS) + tuple(k for k in options if k not in train.MODEL_FLAGS)
-p = train.add_args(argparse.ArgumentParser())
-cfg = train.resolve_args(p.parse_args(spec["argv"]))
-cfg.update(options)
-cfg["clock"] = "cpu (time.process_time)"
-result = train.train(cfg)
+if hasattr(train, "plan_run"):        # a trainer with --clock cpu and a flag for each model field
+    from mnisttext.cli import build_parser, train_cmds
+    model_flags = []
+    for k, v in options.items():
+        flag = "--" + k.replace("_", "-")
+        model_flags += ([flag] if v else ["--no-" + flag[2:]]) if isinstance(v, bool) else [flag, str(v)]
+    out = Path(spec["out"])
+    argv = [x for x in spec["argv"] if x != "--resume" or (out / "last").exists() or (out / "last.old").exists()]
+    # its budget includes its evaluations: a final one of 1,000 lines, like the periodic ones
+    args = build_parser().parse_args(["train"] + argv + model_flags + ["--clock", "cpu",
+                                                                       "--final-eval-images", "1000"])
+    result = train.train(train.plan_run(*train_cmds.flags_of(args)))
+    # the full test split off the budget, as the old trainer's final evaluation was
+    from mnisttext import data, metrics
+    m, _, tok = checkpoint.load_model(out / "last")
+    lines = torch.as_tensor(data.load_split(args.corpus, "test", tok))
+    result["test_nll_nats"] = float(metrics.nll_per_image(m, lines).mean())
+    result["eval_images"] = len(lines)
+    result["test_bits_per_pixel"] = metrics.nats_to_bits_per_pixel(result["test_nll_nats"])
+else:
+    # the budget in this process's CPU time: the trainer's only clock is time.perf_counter
+    train.time = types.SimpleNamespace(perf_counter=time.process_time, strftime=time.strftime,
+                                       time=time.time)
+    train.MODEL_FLAGS = tuple(train.MODEL_FLAGS) + tuple(k for k in options if k not in train.MODEL_FLAGS)
+    p = train.add_args(argparse.ArgumentParser())
+    cfg = train.resolve_args(p.parse_args(spec["argv"]))
+    cfg.update(options)
+    cfg["clock"] = "cpu (time.process_time)"
+    result = train.train(cfg)
 model, config, tok = checkpoint.load_model(Path(spec["out"]) / "last")
 result["params"] = model.num_params()
 result["config"] = config.to_dict()
