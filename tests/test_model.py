@@ -108,8 +108,8 @@ def test_gelu_field_old_configs_load_as_tanh_and_bad_values_are_refused():
     with pytest.raises(ValueError, match="gelu"):
         GPTConfig.from_dict(dict(d, gelu="relu"))
     assert GPTConfig.from_dict(dict(d, gelu="none")).gelu == "exact"   # the field's old name
-    shipped = GPTConfig.from_dict(json.loads((ROOT / "checkpoints/gpt/config.json").read_text()))
-    assert shipped.gelu == "tanh"                            # the weights were trained with it
+    previous = GPTConfig.from_dict(json.loads((ROOT / "benchmarks/results/flagship_v1/config.json").read_text()))
+    assert previous.gelu == "tanh"               # the previous flagship's weights were trained with it
 
 
 @pytest.mark.parametrize("change, field", [
@@ -205,8 +205,8 @@ def test_new_fields_default_to_the_old_model():
     names = [n for n, _ in build_model(cfg).named_parameters()]
     assert names[:2] == ["transformer.wte.weight", "transformer.wpe.weight"]
     assert not any("canon" in n or "norm" in n or "value_embeds" in n or "skip" in n for n in names)
-    shipped = GPTConfig.from_dict(json.loads((ROOT / "checkpoints/gpt/config.json").read_text()))
-    assert shipped.rope == "none" and shipped.conv_kernel == 0 and shipped.act == "gelu"
+    previous = GPTConfig.from_dict(json.loads((ROOT / "benchmarks/results/flagship_v1/config.json").read_text()))
+    assert previous.rope == "none" and previous.conv_kernel == 0 and previous.act == "gelu"
 
 
 def test_canon_layers_start_as_the_identity_and_zero_init_zeroes_the_projections():
