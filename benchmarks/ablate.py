@@ -170,7 +170,10 @@ model, config, tok = checkpoint.load_model(Path(spec["out"]) / "last")
 result["params"] = model.num_params()
 result["config"] = config.to_dict()
 # decode cost: 64 candidates, one token at a time over a whole line, as the sampler runs it
-times = time_decode(packing.prepare_for_sampling(model, "auto"))
+prepare = getattr(packing, "prepare_for_sampling", None)      # where the old trainer had it
+if prepare is None:
+    from mnisttext.tuning import prepare_for_sampling as prepare
+times = time_decode(prepare(model, "auto"))
 result["decode_cpu_s_64x150"] = min(times)
 result["decode_cpu_s_all"] = times
 Path(spec["result"]).write_text(json.dumps(result))
