@@ -592,7 +592,7 @@ static inline __attribute__((always_inline)) void dot_heads(
     const long hs = nv * L, pairs = (valid + 1) / 2;
     const __mmask16 ok = (__mmask16)((1u << valid) - 1u);          /* positions written */
     __m512 x[4][4], y[4][MAXHS / L];
-    uint16_t pw[4][L];                                  /* probabilities in bf16, read in pairs */
+    uint32_t pw[4][L / 2];                              /* probabilities in bf16, in pairs */
     for (int h = 0; h < hb; h++)
         for (int u = 0; u < 4; u++) x[h][u] = _mm512_setzero_ps();
     for (long d = 0; d < hs / 2; d += 4)
@@ -622,7 +622,7 @@ static inline __attribute__((always_inline)) void dot_heads(
         for (long i = 0; i < nv; i++) {
             const __m512bh vv = (__m512bh)_mm512_loadu_si512(vb + jp * 2 * hs + i * 2 * L);
             for (int h = 0; h < hb; h++)
-                y[h][i] = _mm512_dpbf16_ps(y[h][i], (__m512bh)_mm512_set1_epi32(((const word *)pw[h])[jp]), vv);
+                y[h][i] = _mm512_dpbf16_ps(y[h][i], (__m512bh)_mm512_set1_epi32((int)pw[h][jp]), vv);
         }
     for (int h = 0; h < hb; h++)
         for (long i = 0; i < nv; i++) _mm512_storeu_ps(ac + h * 2 * hs + i * L, y[h][i]);
