@@ -243,6 +243,8 @@ KEPT_ON_RESUME = ("recipe", "preset", "model", "tokenizer", "bpe_vocab", "binari
                   "min_lr_frac", "schedule", "warmup_steps", "weight_decay", "grad_clip", "seed",
                   "eval_images", "init_from")
 FIXED_BY_INIT = ("preset", "tokenizer", "bpe_vocab")     # and every model field
+# what a resumed run does not take from its record when the flag is left out: this invocation's
+NOT_CARRIED = ("resume", "force", "stop_after", "model", "machine")
 
 
 def resolve(recipe: str, flags: dict, resumed_run: dict | None = None, *,
@@ -256,7 +258,9 @@ def resolve(recipe: str, flags: dict, resumed_run: dict | None = None, *,
       3. `flags`: the flags given explicitly ({field: value}; GPTConfig fields in flags["model"]);
       4. `resumed_run` (the saved config of the run being continued): its KEPT_ON_RESUME fields
          (model, data, schedule, eval_images) win over 1-3, so a resumed run trains on as it
-         started; each explicit flag that asked otherwise gets a notice;
+         started; each explicit flag that asked otherwise gets a notice. Its other fields
+         (evaluation cadence, threads, ...) replace 1-2, so `--resume` alone goes on as the run
+         was started; flags given now (3) still win there;
       5. `init_model` (the --init-from checkpoint's GPTConfig dict, fresh runs only): the model
          and the tokenizer are the checkpoint's; each model or tokenizer flag that asked
          otherwise gets a notice.
@@ -281,6 +285,9 @@ def resolve(recipe: str, flags: dict, resumed_run: dict | None = None, *,
         notices += _overridden(flags, flag_model, saved, KEPT_ON_RESUME, saved["model"],
                                "resume: keeping {k}={v!r} from the run (asked {a!r})")
         values.update({k: saved[k] for k in KEPT_ON_RESUME})
+        # the rest as the run was started (its evaluations, threads, cadence), unless given now
+        values.update({k: v for k, v in saved.items()
+                       if k not in flags and k not in KEPT_ON_RESUME and k not in NOT_CARRIED})
         values["machine"] = saved["machine"]
     elif init_model is not None:
         model = {k: v for k, v in init_model.items() if k not in DERIVED_MODEL_FIELDS}

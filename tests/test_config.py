@@ -72,6 +72,16 @@ def test_init_from_fixes_the_model_and_the_tokenizer():
                        "--init-from ck: --preset tiny ignored: the model is the checkpoint's"]
 
 
+def test_a_resumed_run_goes_on_with_its_own_settings_unless_given_again():
+    saved, _ = resolve("flagship", {"eval_every": 600.0, "threads": 1, "final_eval_images": 1000,
+                                    "save_every": 30.0, "stop_after": 5})
+    cfg, notices = resolve("default", {"resume": True}, saved.to_dict())
+    assert (cfg.eval_every, cfg.threads, cfg.final_eval_images, cfg.save_every) == (600.0, 1, 1000, 30.0)
+    assert (cfg.stop_after, cfg.resume) == (0, True) and notices == []   # this invocation's
+    cfg, _ = resolve("default", {"resume": True, "eval_every": 60.0}, saved.to_dict())
+    assert (cfg.eval_every, cfg.threads) == (60.0, 1)
+
+
 def test_a_resumed_run_ignores_init_from():
     saved, _ = resolve("default", {"model": {"n_layer": 3}, "init_from": "a/best"})
     cfg, _ = resolve("default", {"init_from": "b/best"}, saved.to_dict(),
