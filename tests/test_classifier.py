@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnisttext import checkpoint, classifier, classifier_train, codec
-from conftest import CORPUS, ROOT
+from conftest import CORPUS
 
 TINY = classifier.ClassifierConfig(arch="cnn", width=8, feat_dim=32, dropout=0.0)
 FIT = dict(epochs=1, batch_size=16, lr=2e-2, seed=0, threads=1)     # 125 steps, ~2 s

@@ -16,7 +16,7 @@ import os
 import sys
 
 from .. import __version__
-from .common import EXIT_BAD_INPUT, EXIT_BUG, UsageError, describe, error, user_errors
+from .common import EXIT_BAD_INPUT, EXIT_BUG, describe, error, user_errors
 
 COMMANDS = ("data_cmds", "sample_cmds", "eval_cmd", "train_cmds", "serve_cmd")
 # Commands whose module is all they need: only it is loaded for them, so they run without torch
