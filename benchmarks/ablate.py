@@ -139,16 +139,13 @@ assert Path(train.__file__).resolve().parents[1] == Path(spec["code"]).resolve()
 options = spec["options"]
 if hasattr(train, "plan_run"):        # a trainer with --clock cpu and a flag for each model field
     from mnisttext.cli import build_parser, train_cmds
-    model_flags = []
-    for k, v in options.items():
-        flag = "--" + k.replace("_", "-")
-        model_flags += ([flag] if v else ["--no-" + flag[2:]]) if isinstance(v, bool) else [flag, str(v)]
     out = Path(spec["out"])
     argv = [x for x in spec["argv"] if x != "--resume" or (out / "last").exists() or (out / "last.old").exists()]
     # its budget includes its evaluations: a final one of 1,000 lines, like the periodic ones
-    args = build_parser().parse_args(["train"] + argv + model_flags + ["--clock", "cpu",
-                                                                       "--final-eval-images", "1000"])
-    result = train.train(train.plan_run(*train_cmds.flags_of(args)))
+    args = build_parser().parse_args(["train"] + argv + ["--clock", "cpu", "--final-eval-images", "1000"])
+    recipe, flags = train_cmds.flags_of(args)
+    flags["model"] = {**flags.get("model", {}), **options}      # the options under test
+    result = train.train(train.plan_run(recipe, flags))
     # the full test split off the budget, as the old trainer's final evaluation was
     from mnisttext import data, metrics
     m, _, tok = checkpoint.load_model(out / "last")

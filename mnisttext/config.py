@@ -244,7 +244,7 @@ KEPT_ON_RESUME = ("recipe", "preset", "model", "tokenizer", "bpe_vocab", "binari
                   "eval_images", "init_from")
 FIXED_BY_INIT = ("preset", "tokenizer", "bpe_vocab")     # and every model field
 # what a resumed run does not take from its record when the flag is left out: this invocation's
-NOT_CARRIED = ("resume", "force", "stop_after", "model", "machine")
+NOT_CARRIED = ("resume", "force", "stop_after")
 
 
 def resolve(recipe: str, flags: dict, resumed_run: dict | None = None, *,

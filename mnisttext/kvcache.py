@@ -675,9 +675,9 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
             if (kind == I8) { memcpy(&ksc, j->kscale + blk * L, sizeof ksc); memcpy(&vsc, j->vscale + blk * L, sizeof vsc); }
 #ifdef BF16DOT
             if (dot) {                                        /* the group's heads, 4 at a time */
+                const uint16_t *kb = (const uint16_t *)j->k + base, *vb = (const uint16_t *)j->v + base;
                 for (long r = 0; r < rep; r += 4) {
                     const long bh = b * nh + g * rep + r, hb = rep - r < 4 ? rep - r : 4;
-                    const uint16_t *kb = (const uint16_t *)j->k + base, *vb = (const uint16_t *)j->v + base;
                     const uint16_t *q = qh + bh * hs;
                     float *ac = acc + bh * 2 * hs, *mb = ms + bh * 2;
                     if (hb == 4) dot_heads(q, ac, mb, kb, vb, valid, j->scale, 4, nv);

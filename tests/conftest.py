@@ -7,6 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 CORPUS = ROOT / "corpus"
+PREVIOUS_FLAGSHIP = ROOT / "benchmarks" / "results" / "flagship_v1"    # shipped before the new recipe
 
 REFERENCE_LINES = [
     "5:::::::::::::::::::::::::::::::::q:::yy::AyZ::AyZ::<rZ:::j::::r::::R::::H::::A::::=j::::r::::r:::=r:::Ir:::YZ::;x:::Ir:::yj::;y:::::::::::::::::::::::)",

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import PREVIOUS_FLAGSHIP
 
 from mnisttext.model import PRESETS, ConfigError, GPTConfig, build_model, causal_attention
 from mnisttext.runtime import Dropout
@@ -108,7 +108,7 @@ def test_gelu_field_old_configs_load_as_tanh_and_bad_values_are_refused():
     with pytest.raises(ValueError, match="gelu"):
         GPTConfig.from_dict(dict(d, gelu="relu"))
     assert GPTConfig.from_dict(dict(d, gelu="none")).gelu == "exact"   # the field's old name
-    previous = GPTConfig.from_dict(json.loads((ROOT / "benchmarks/results/flagship_v1/config.json").read_text()))
+    previous = GPTConfig.from_dict(json.loads((PREVIOUS_FLAGSHIP / "config.json").read_text()))
     assert previous.gelu == "tanh"               # the previous flagship's weights were trained with it
 
 
@@ -205,7 +205,7 @@ def test_new_fields_default_to_the_old_model():
     names = [n for n, _ in build_model(cfg).named_parameters()]
     assert names[:2] == ["transformer.wte.weight", "transformer.wpe.weight"]
     assert not any("canon" in n or "norm" in n or "value_embeds" in n or "skip" in n for n in names)
-    previous = GPTConfig.from_dict(json.loads((ROOT / "benchmarks/results/flagship_v1/config.json").read_text()))
+    previous = GPTConfig.from_dict(json.loads((PREVIOUS_FLAGSHIP / "config.json").read_text()))
     assert previous.rope == "none" and previous.conv_kernel == 0 and previous.act == "gelu"
 
 

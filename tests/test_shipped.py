@@ -9,10 +9,9 @@ import torch
 from mnisttext import checkpoint, classifier, codec, data, metrics, paths, sample, tuning
 from mnisttext import tokenizer as tk
 from mnisttext.model import GPTConfig
-from conftest import CORPUS, ROOT
+from conftest import CORPUS, PREVIOUS_FLAGSHIP, ROOT
 
 CLASSIFIERS = {"classifier": "cnn", "eval_classifier": "resnet"}
-PREVIOUS = ROOT / "benchmarks" / "results" / "flagship_v1"     # shipped before the new recipe
 
 
 def test_the_package_finds_the_repository_checkpoints():
@@ -40,9 +39,9 @@ def test_character_model_config_and_likelihood():
 def test_the_previous_flagship_still_loads_and_generates():
     """The model shipped before the new recipe (a config.json from before its fields): the
     same likelihood as when it was shipped, and samples of the asked digit."""
-    cfg = GPTConfig.from_dict(json.loads((PREVIOUS / "config.json").read_text()))
+    cfg = GPTConfig.from_dict(json.loads((PREVIOUS_FLAGSHIP / "config.json").read_text()))
     assert (cfg.gelu, cfg.rope, cfg.act, cfg.n_kv_head, cfg.wpe) == ("tanh", "none", "gelu", 0, True)
-    model, config, tok = checkpoint.load_model(PREVIOUS)
+    model, config, tok = checkpoint.load_model(PREVIOUS_FLAGSHIP)
     lines = data.read_split(CORPUS, "test")[:50]
     nll = metrics.nll_per_image(model, torch.from_numpy(tk.encode_corpus(tok, lines)), dtype="fp32")
     assert nll.mean() == pytest.approx(49.718, abs=0.01)      # nats per image, first 50 test lines
