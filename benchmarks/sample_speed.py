@@ -4,6 +4,7 @@ model, against the FLOP floor, against the matmul peak, and against the previous
     python benchmarks/sample_speed.py                   # everything, in one run (~1.5 min, CPU)
     python benchmarks/sample_speed.py --no-old          # without the old release
     python benchmarks/sample_speed.py --checkpoint runs/x/best --candidates 32 --no-cache-repeats 1
+    python benchmarks/sample_speed.py --device cuda     # on a GPU (no old release, no CPU plan)
 
 In one run, on this machine:
 - the decode plan is measured afresh (tuning.decode_plan: dtype, workers and threads, the keys'
@@ -17,7 +18,9 @@ In one run, on this machine:
 - the FLOP floor, 2 x params x generated tokens over the best matmul peak of this run (fp32 or
   bf16, whichever is faster here, square matmuls on all cores), the ratio to it, and the fraction
   of that peak the decode achieves.
-Timings are wall clock; every printed figure names the CPU. Results go to benchmarks/history.jsonl.
+Timings are wall clock; every printed figure names the CPU (and the GPU with --device cuda, where
+the dtype is bf16 where the GPU has it and the peak is the GPU's). Results go to
+benchmarks/history.jsonl.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, cpu_name, machine, matmul_peak, print_table, record
+from common import ROOT, cpu_name, machine, matmul_peak, print_table, record, sync
 from mnisttext import checkpoint, kvcache, sample
 from mnisttext import tuning
 from mnisttext import tokenizer as tk
@@ -80,21 +83,25 @@ def main():
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="sampler dtype")
     ap.add_argument("--keep-plan", action="store_true", help="use the cached decode plan, do not re-measure")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda implies --no-old)")
     ap.add_argument("--no-cache-repeats", type=int, default=0,
                     help="also time one digit this many times without the KV cache (recomputing the prefix)")
     a = ap.parse_args()
     cpu = cpu_name()
     digits = list(range(10))
+    dev = torch.device(a.device)
+    gpu = dev.type == "cuda"
+    where = f"{torch.cuda.get_device_name(dev)} (host CPU {cpu})" if gpu else cpu
 
     t0 = time.perf_counter()
-    native = kvcache.native_attend() is not None
+    native = False if gpu else kvcache.native_attend() is not None
     native_s = time.perf_counter() - t0
-    model, cfg, tok = checkpoint.load_model(a.checkpoint, "cpu")
+    model, cfg, tok = checkpoint.load_model(a.checkpoint, dev)
     grammar = tk.Grammar.of(tok)
     bpp = bpp_of_length(cfg.block_size)
-    clf, _ = load_classifier(a.classifier, "cpu")
+    clf, _ = load_classifier(a.classifier, dev)
     t0 = time.perf_counter()
-    if not a.keep_plan:
+    if not a.keep_plan and not gpu:
         from mnisttext.packing import build_sampler
         tuning.decode_plan(model, build_sampler, refresh=True)
     sampler = prepare_for_sampling(model, a.dtype)
@@ -104,15 +111,17 @@ def main():
 
     def job(ds):
         """What `generate --digits ...` does between loading and saving pictures."""
+        sync(dev)
         t = time.perf_counter()
-        lines = sample.sample_digits(sampler, ds, a.candidates, settings, a.seed, "cpu", grammar)
+        lines = sample.sample_digits(sampler, ds, a.candidates, settings, a.seed, dev, grammar)
         for d in ds:
             sample.rerank(d, lines[d], clf, a.keep, 0.8, bpp)
+        sync(dev)
         return time.perf_counter() - t, lines
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tree = None if a.no_old else old_release(a.old_commit, tmp)
+        tree = None if a.no_old or gpu else old_release(a.old_commit, tmp)
         job([3])                                              # warm up (oneDNN kernels, pages)
         batched, single, old = [], {}, []
         lines_batched = None
@@ -131,15 +140,16 @@ def main():
     for rep in range(a.no_cache_repeats):
         t = time.perf_counter()
         sample.sample_digits(sampler, [3], a.candidates, sample.SampleSettings(0.8, use_cache=False, bpp=bpp),
-                             a.seed, "cpu", grammar)
+                             a.seed, dev, grammar)
+        sync(dev)
         no_cache.append(time.perf_counter() - t)
     identical = all(same for _, same in single.values())
     one = statistics.median(dt for dt, _ in single.values())
     med = statistics.median(batched)
     threads = plan.get("threads") or torch.get_num_threads()
     workers = plan.get("workers") or 1
-    # the machine's peak: square matmuls on all its cores (torch's threads), both dtypes
-    peaks = {d: matmul_peak(dt, "cpu") for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    # the machine's peak: square matmuls on all its cores (torch's threads) or the GPU, both dtypes
+    peaks = {d: matmul_peak(dt, dev) for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     peak_dtype = max(peaks, key=peaks.get)
     peak = peaks[peak_dtype]
     n = model.num_params()
@@ -147,7 +157,8 @@ def main():
     flops = 2 * n * a.candidates * len(digits) * steps
     floor = flops / peak
     old_med = statistics.median(o["generate_s"] for o in old) if old else None
-    res = {"checkpoint": a.checkpoint, "cpu": cpu, "params": n, "candidates": a.candidates,
+    res = {"checkpoint": a.checkpoint, "cpu": cpu, "device": str(dev),
+           "gpu": torch.cuda.get_device_name(dev) if gpu else None, "params": n, "candidates": a.candidates,
            "digits": len(digits), "native_attention": native, "native_build_s": native_s,
            "plan": plan, "plan_s": plan_s, "threads": threads, "workers": workers,
            "ten_digits_s": med, "ten_digits_runs_s": batched,
@@ -159,8 +170,10 @@ def main():
            "old_commit": None if not old else a.old_commit, "old_runs": old,
            "old_ten_digits_s": old_med, "speedup_vs_old": old_med / med if old_med else None,
            "no_cache_one_digit_s": no_cache,
-           "machine": machine("cpu")}
-    rows = [("CPU", f"{cpu}, {res['machine']['cpus']} cores"),
+           "machine": machine(dev)}
+    rows = [("CPU", f"{cpu}, {res['machine']['cpus']} cores")]
+    rows += [("GPU", res["gpu"])] if gpu else []
+    rows += [
             ("decode plan", f"{plan['dtype']} ({plan.get('kv', 'model')} keys/values), {workers} worker(s) "
                             f"x {threads} thread(s), up to {plan['rows']} rows a batch, "
                             f"rows batch-independent: {plan['row_invariant']}"),
@@ -172,7 +185,7 @@ def main():
             ("batched lines == each digit alone", identical),
             ("FLOP floor s (2 x params x tokens / peak)", floor),
             ("ratio to floor", med / floor),
-            (f"matmul peak TFLOP/s (fp32 / bf16, {torch.get_num_threads()} threads)",
+            (f"matmul peak TFLOP/s (fp32 / bf16, {a.device if gpu else f'{torch.get_num_threads()} threads'})",
              f"{peaks['fp32'] / 1e12:.3f} / {peaks['bf16'] / 1e12:.3f}"),
             (f"fraction of the {peak_dtype} peak achieved", floor / med)]
     if old:
@@ -183,7 +196,7 @@ def main():
     if no_cache:
         rows.append(("one digit without the KV cache, s (median)", statistics.median(no_cache)))
     which = "shipped model" if Path(a.checkpoint).resolve() == (ROOT / "checkpoints" / "gpt").resolve() else a.checkpoint
-    print_table(f"generate --digits 0-9, {a.candidates} candidates + rerank, {which}, on {cpu}", rows)
+    print_table(f"generate --digits 0-9, {a.candidates} candidates + rerank, {which}, on {where}", rows)
     record("sample_speed", res)
     if not identical:
         print("ERROR: batched lines differ from each digit alone", file=sys.stderr)
