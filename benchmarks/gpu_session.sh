@@ -21,6 +21,8 @@ set -u
 PY=${PYTHON:-python3}
 MIN=${1:-5}
 DEV=${DEVICE:-cuda}
+PARTS=${PARTS:-smoke speed train}   # which of parts 1-3 to run (4 follows 3)
+DROPOUT=${DROPOUT:-0.1}
 read -r -a EVAL <<< "${EVAL_ARGS:-}"
 OUT=${OUT:-runs/gpu_out}
 W=runs/gpu
@@ -33,20 +35,25 @@ say "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" >> "$LOG" 2>&1
 
+if [[ $PARTS == *smoke* ]]; then
 say "1. smoke"
 $PY -m mnisttext train --preset tiny --max-steps 30 --batch-size 16 --eval-every 0 \
     --final-eval-images 50 --device $DEV --out "$W/smoke" --force >> "$LOG" 2>&1 || { say "smoke train FAILED"; exit 1; }
 $PY -m mnisttext eval --checkpoint "$W/smoke/best" --device $DEV --test-images 100 \
     --gen-class-images 20 --samples-per-class 5 --json > "$OUT/smoke_eval.json" 2>> "$LOG" || { say "smoke eval FAILED"; exit 1; }
 $PY -m mnisttext generate --digits 0-9 --device $DEV --img-dir "$W/img" > /dev/null 2>> "$LOG" || { say "generate FAILED"; exit 1; }
+fi
 
+if [[ $PARTS == *speed* ]]; then
 say "2. speed"
 $PY benchmarks/sample_speed.py --device $DEV --no-old --keep-plan --repeats "${SPEED_REPEATS:-5}" >> "$LOG" 2>&1 || say "speed FAILED"
 tail -n 1 benchmarks/history.jsonl > "$OUT/speed.json"
+fi
+[[ $PARTS == *train* ]] || exit 0
 
 say "3. training, $MIN minutes each"
 COMMON=(--recipe flagship --n-layer 8 --n-embd 512 --n-head 8 --n-kv-head 2 --rope 1d --qk-norm
-        --act relu2 --zero-init-proj --dropout 0.1 --batch-size 128 --lr 1e-3 --warmup-steps 200
+        --act relu2 --zero-init-proj --dropout $DROPOUT --batch-size 128 --lr 1e-3 --warmup-steps 200
         --epochs 1000 --minutes "$MIN" --eval-every 30 --eval-images 1000 --final-eval-images 1000
         --log-every 100 --device $DEV --force)
 $PY -m mnisttext train "${COMMON[@]}" --optimizer adamw --out "$W/adamw" > "$W/adamw.log" 2>&1 &
