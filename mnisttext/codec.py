@@ -62,6 +62,15 @@ def bpp_of_length(length: int) -> int:
     return bpp
 
 
+def padding_bits(bpp: int = 1) -> np.ndarray:
+    """(150*bpp,) uint8: each symbol's bits that hold padding pixels, which are 0 in every line
+    made from a 28x28 image. A symbol whose bits are all padding (63) is always ':'."""
+    bpp = _check_bpp(bpp)
+    levels = np.full((1, SIDE, SIDE), (1 << bpp) - 1, dtype=np.uint8)
+    levels[:, PAD:SIDE - PAD, PAD:SIDE - PAD] = 0
+    return levels_to_symbols(levels, bpp)[0]
+
+
 def binarize(levels: np.ndarray, bpp: int = 1) -> np.ndarray:
     """Gray levels -> 0/1 at the middle level (what the classifiers read); bpp 1 is unchanged."""
     if bpp == 1:

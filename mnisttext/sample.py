@@ -4,8 +4,10 @@
     python cli.py complete --indices 0,1,2 --rows 14     # finish half-drawn test digits
 
 Every generated line is well-formed by construction: the body may only be symbols (or BPE runs
-of them) that spell exactly 150*bpp symbols, then ')'. The class prefix is run through the
-model once and its cache is then copied to all candidates.
+of them) that spell exactly 150*bpp symbols, then ')', and that keep the padding pixels at 0.
+The class prefix (with one token per character, also the first pixel row: all padding) is run
+through the model once and its cache is then copied to all candidates; the last pixel row is
+written without decode steps.
 """
 from __future__ import annotations
 
@@ -50,10 +52,15 @@ class SamplingError(RuntimeError):
     """The model gave logits that cannot be sampled (NaN or all -inf); says what produced them."""
 
 
-def _allowed(body, sym_len, remaining, ended, rows):
-    """(n, V) bool: the tokens each row may take next under the line grammar."""
+def _allowed(body, sym_len, remaining, ended, rows, padding):
+    """(n, V) bool: the tokens each row may take next under the line grammar; padding (n_sym+1,
+    V) says which keep the padding pixels at 0 after each number of symbols spelled (a row
+    that no such token fits, which only a grammar without single symbols can lead to, keeps
+    the grammar alone)."""
     fin = remaining == 0                      # spelled out: ')' now, <pad> after it
     allowed = body & (sym_len <= remaining[:, None])                    # (n, V)
+    kept = allowed & padding[len(padding) - 1 - remaining]
+    allowed = torch.where(kept.any(-1, keepdim=True), kept, allowed)
     if fin.any():
         allowed[fin] = False
         allowed[rows[fin], torch.where(ended[fin], tk.PAD_ID, tk.END_ID)] = True
@@ -122,15 +129,21 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
     if not groups:
         return []
     sym_len = torch.as_tensor(grammar.sym_len, device=device)                  # (V,)
+    padding = torch.as_tensor(grammar.padding_table(settings.bpp), device=device)   # (n_sym+1, V)
+    lead, tail = grammar.forced_padding(settings.bpp)
+    original = [len(g.prefix) for g in groups]
+    groups = [_with_lead(g, lead, sym_len) for g in groups]
     b = _layout(groups, n_sym, sym_len, device)
     logits, caches = _prefill(model, groups, b.counts, settings.use_cache, device)   # (Rp, V)
+    if lead:
+        _report_prefix(groups, b, original)
     slices = _slices(b.Rp, workers if device.type == "cpu" else 1)
     slice_caches = [_join_caches(caches, b.counts, s, kv_int8) for s in slices] if settings.use_cache else None
     active, ends = [True] * len(groups), list(b.lengths)
     t = b.P
     with Workers(len(slices)) as pool:
         while True:
-            allowed, fin = _allowed(sym_len > 0, sym_len, b.remaining, b.ended, b.rows)
+            allowed, fin = _allowed(sym_len > 0, sym_len, b.remaining, b.ended, b.rows, padding)
             logits = _checked(logits).masked_fill(~allowed, float("-inf"))
             u = _uniforms(groups, b, active, device) if settings.temperature > 0 else None
             tok = _sample_rows(logits, u, settings.temperature, settings.top_k, settings.top_p)   # (Rp,)
@@ -138,7 +151,7 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
             b.remaining -= sym_len[tok]
             b.ended |= fin
             t += 1
-            _close_groups(groups, b, t, active, ends)
+            _close_groups(groups, b, t, active, ends, tail)
             if not any(active):
                 break
 
@@ -216,17 +229,41 @@ def _uniforms(groups, b: _Batch, active, device) -> torch.Tensor:
     return u
 
 
-def _close_groups(groups, b: _Batch, t: int, active, ends) -> None:
-    """on_step for each active group; a group whose lines are all spelled gets its ')' now."""
-    spelled = b.remaining == 0
+def _with_lead(g: Group, lead: int, sym_len) -> Group:
+    """g with the all-padding symbols that follow its prefix (one token per character) appended
+    to the prefix: they are ':' in every line, so the prefill writes them, not decode steps."""
+    given = int(sym_len[g.prefix[1:]].sum()) if len(g.prefix) > 1 else 0
+    if given >= lead:
+        return g
+    return Group(list(g.prefix) + [tk.SYMBOL_OFFSET] * (lead - given), g.n, g.generator, g.on_step)
+
+
+def _report_prefix(groups, b: _Batch, original) -> None:
+    """on_step for the position a lead of padding symbols ends at (as if decoded)."""
+    for i, (g, r) in enumerate(zip(groups, b.rows_of)):
+        if g.on_step and len(g.prefix) > original[i]:
+            g.on_step(b.P - 1, b.out[r, :b.lengths[i]])
+
+
+def _close_groups(groups, b: _Batch, t: int, active, ends, tail: int = 0) -> None:
+    """on_step for each active group; a group whose lines are spelled but for the last `tail`
+    symbols (all padding: ':' in every line; one token per character) gets them and its ')'
+    now."""
+    spelled = b.remaining <= tail
     for i, (g, r) in enumerate(zip(groups, b.rows_of)):
         if not active[i]:
             continue
         if g.on_step:
             g.on_step(t - 1, b.out[r, :b.lengths[i]])
-        if bool(spelled[r].all()):        # the rest is ')' (or <pad>), nothing to sample
-            b.out[r, t] = torch.where(b.ended[r], tk.PAD_ID, tk.END_ID)
-            active[i], ends[i] = False, t + 1
+        if bool(spelled[r].all()):        # the rest is padding and ')' (or <pad>): no sampling
+            k = int(b.remaining[r].max())         # the same in every row (one token a symbol)
+            if k:
+                b.out[r, t:t + k] = tk.SYMBOL_OFFSET
+                b.remaining[r] = 0
+                if g.on_step:
+                    g.on_step(t + k - 1, b.out[r, :b.lengths[i]])
+            b.out[r, t + k] = torch.where(b.ended[r], tk.PAD_ID, tk.END_ID)
+            active[i], ends[i] = False, t + k + 1
 
 
 def _slices(rows: int, workers: int) -> list[slice]:

@@ -97,6 +97,37 @@ class Grammar:
     def is_character(self) -> bool:
         return len(self.strings) == VOCAB_SIZE
 
+    def padding_table(self, bpp: int = 1) -> np.ndarray:
+        """(150*bpp + 1, V) bool: whether token i may come once `pos` symbols are spelled, as
+        far as the padding goes: every symbol it spells from there leaves the padding pixels'
+        bits at 0 and fits in the line. Tokens that spell no symbol: always True."""
+        mask = codec.padding_bits(bpp)
+        n = len(mask)
+        table = np.ones((n + 1, len(self.strings)), dtype=bool)
+        for i, s in enumerate(self.strings):
+            if not self.sym_len[i]:
+                continue
+            values = np.frombuffer(s.encode("ascii"), dtype=np.uint8) - codec.ALPHABET_START
+            last = n - len(values)                       # the last position it fits at
+            ok = np.zeros(n + 1, dtype=bool)
+            ok[:last + 1] = True
+            for j, v in enumerate(values):
+                ok[:last + 1] &= (mask[j:last + 1 + j] & v) == 0
+            table[:, i] = ok
+        return table
+
+    def forced_padding(self, bpp: int = 1) -> tuple[int, int]:
+        """(lead, tail): with one token per character, the symbols at the start and at the end
+        of a line that are all padding (bpp 1: the first and last pixel rows, 5 symbols each),
+        which a sampler can write without asking the model; (0, 0) for BPE tokens."""
+        body = self.sym_len[self.sym_len > 0]
+        if not self.is_character or body.max(initial=0) != 1:
+            return 0, 0
+        full = codec.padding_bits(bpp) == codec.ALPHABET_SIZE - 1
+        lead = int(np.argmin(full)) if not full.all() else len(full)
+        tail = int(np.argmin(full[::-1])) if not full.all() else len(full)
+        return lead, tail
+
     def decode(self, ids) -> str:
         return "".join(self.strings[int(i)] for i in ids)
 

@@ -46,6 +46,26 @@ def test_padded_nll_is_the_sum_over_each_line_own_tokens(bpe, lines):
         assert padded[r] == pytest.approx(one, rel=1e-5)
 
 
+def test_padding_table_allows_every_real_token_and_only_zero_padding(bpe, lines):
+    """Every token of a real line is allowed where it stands (the constraint never forbids an
+    image), and a token allowed at a position leaves the padding at zero there."""
+    g = tk.Grammar.of(bpe)
+    table = g.padding_table(1)
+    assert table.shape == (151, 160) and g.forced_padding(1) == (0, 0)
+    for row in tk.encode_lines(bpe, lines[:300]):
+        pos = 0
+        for i in row[1:-1]:
+            assert table[pos, i]
+            pos += g.sym_len[i]
+    mask = codec.padding_bits(1)
+    rng = np.random.default_rng(0)
+    for pos, i in zip(rng.integers(0, 151, 3000), rng.integers(0, 160, 3000)):
+        s = g.strings[i]
+        if g.sym_len[i] and table[pos, i]:
+            assert pos + len(s) <= 150
+            assert all((ord(c) - 58) & mask[pos + j] == 0 for j, c in enumerate(s))
+
+
 @pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.0, None), (0.8, 5)])
 def test_bpe_sampling_is_well_formed_and_cache_equals_no_cache(bpe, temperature, top_k):
     torch.manual_seed(1)
@@ -61,6 +81,9 @@ def test_bpe_sampling_is_well_formed_and_cache_equals_no_cache(bpe, temperature,
     assert all(len(l) == 152 and l[0] == "7" for l in out)
     _, _, _, errors = codec.parse_lines(out)
     assert not errors
+    bits = codec.decode_batch(out)[1]
+    bits[:, 1:-1, 1:-1] = 0
+    assert not bits.any()                                  # the padding stays at zero
     # a prefix of given symbols is kept, the rest completed to exactly 150
     prefix = tk.encode_lines(bpe, ["3" + ":" * 40])[0]
     done = sample.tokens_to_lines(sample.generate(model, prefix, 4, sample.make_generator(0),

@@ -57,6 +57,23 @@ def test_levels_round_trip(bpp, data):
     np.testing.assert_array_equal(codec.decode_batch(lines, bpp)[1], levels)
 
 
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.uint8, (2, 28, 28)), st.integers(1, 6))
+def test_padding_bits_are_zero_in_every_image_and_cover_the_padding(images, bpp):
+    mask = codec.padding_bits(bpp)
+    assert mask.shape == (codec.n_symbols(bpp),)
+    assert not (codec.levels_to_symbols(codec.quantize(images, bpp), bpp) & mask).any()
+    top = np.full((1, 30, 30), (1 << bpp) - 1, dtype=np.uint8)
+    top[:, 1:-1, 1:-1] = 0                     # only the padding at its highest level
+    np.testing.assert_array_equal(codec.levels_to_symbols(top, bpp)[0], mask)
+
+
+def test_padding_bits_at_one_bit_per_pixel():
+    mask = codec.padding_bits(1)
+    assert list(mask[:5]) == [63] * 5 and list(mask[-5:]) == [63] * 5    # first and last rows
+    assert list(mask[5:10]) == [32, 0, 0, 0, 1]            # a row: its first and last pixel
+
+
 def test_quantize_matches_round():
     x = np.arange(256, dtype=np.uint8).reshape(1, 1, 256)[:, :, :28].repeat(28, 1)
     full = np.arange(256, dtype=np.uint8)

@@ -149,7 +149,35 @@ def test_generate_with_a_mock_model_follows_its_logits_and_the_grammar():
     out = sample.generate(FixedModel(fav), [5], 3, sample.make_generator(0),
                           sample.SampleSettings(temperature=0.0, use_cache=False))
     lines = sample.tokens_to_lines(out)
-    assert lines == ["5" + "y" * 150 + ")"] * 3                   # greedy: the favourite, then ')'
+    # greedy: the favourite, then ')'; where 'y' would set a padding pixel (the first and last
+    # pixel rows, each row's first and last pixel), the first symbol allowed there: ':'
+    assert lines == ["5" + ":" * 5 + ":yyy:" * 28 + ":" * 5 + ")"] * 3
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_sampled_lines_keep_the_padding_at_zero_and_skip_its_steps(use_cache):
+    """The first and last pixel rows (5 symbols each) are written without decode steps: one
+    prefill of the digit and the first row, then one step per free symbol."""
+    model = tiny()
+    calls = []
+    forward = model.forward
+    model.forward = lambda idx, *a, **k: calls.append(idx.shape[1]) or forward(idx, *a, **k)
+    out = sample.generate(model, [4], 8, sample.make_generator(3),
+                          sample.SampleSettings(temperature=2.0, use_cache=use_cache))
+    _, bits = codec.decode_batch(sample.tokens_to_lines(out))
+    border = bits.copy()
+    border[:, 1:-1, 1:-1] = 0
+    assert not border.any() and bits[:, 1:-1, 1:-1].any()
+    assert len(calls) == 1 + 150 - 5 - 5 - 1          # prefill + steps to the last free symbol
+    assert calls[0] == 6 and (not use_cache or set(calls[1:]) == {1})
+
+
+def test_a_prefix_past_the_first_row_is_not_extended():
+    model = tiny()
+    prefix = [7] + [tk.SYMBOL_OFFSET] * 7
+    out = sample.generate(model, prefix, 2, sample.make_generator(0), sample.SampleSettings())
+    assert out.shape == (2, 152) and (out[:, :8] == torch.tensor(prefix)).all()
+    assert (out[:, 146:151] == tk.SYMBOL_OFFSET).all() and (out[:, 151] == tk.END_ID).all()
 
 
 def planned(model, workers=1, rows=1024, together=True, kv="model"):
@@ -172,7 +200,9 @@ def test_batched_digits_equal_each_digit_alone(n, workers, kv):
                                     on_step=lambda d, t, toks: seen.setdefault(d, []).append((t, toks.shape)))
     for d in (0, 4, 9):
         assert sample.sample_digits(planned(tiny(), 1, kv=kv), [d], n, s, seed=3)[d] == together[d]
-    assert all(v == [(t, (n, 152)) for t in range(1, 151)] for v in seen.values())
+    # the first pixel row comes with the prefill, the last one at once after position 145
+    steps = [(t, (n, 152)) for t in [5, *range(6, 146), 150]]
+    assert all(v == steps for v in seen.values())
     assert all(codec.decode(l)[0] == d for d, ls in together.items() for l in ls)
 
 
