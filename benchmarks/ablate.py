@@ -83,6 +83,11 @@ RUNS = [
      dict(without("conv_kernel"), n_kv_head=1, unet=True), []),
     ("new_muon", "the new recipe trained with Muon for the blocks' matrices (lr 0.02), AdamW for the rest",
      dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon"]),
+    # Muon's learning rate, against new_muon (the same trainer copy)
+    ("muon_lr04", "new_muon with the Muon matrices' peak lr at 0.04 (twice new_muon's)",
+     dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon", "--muon-lr", "0.04"]),
+    ("muon_lr01", "new_muon with the Muon matrices' peak lr at 0.01 (half new_muon's)",
+     dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon", "--muon-lr", "0.01"]),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),
@@ -272,6 +277,10 @@ def report() -> None:
             good, bad = ("better: keep", "worse: drop") if name in ADDED else ("drop the part", "keep the part")
             verdict = f"{dn:+.2f} vs {'new_ref' if ref == 'new_ref' else 'new recipe'}: " + (
                 good if dn <= -NOISE else bad if dn >= NOISE else "within noise")
+        elif name.startswith("muon_") and "new_muon" in res:
+            dm = r["test_nll_nats"] - res["new_muon"]["test_nll_nats"]
+            verdict = f"{dm:+.2f} vs new_muon: " + ("better" if dm <= -NOISE else "worse" if dm >= NOISE
+                                                    else "within noise")
         elif name.startswith("baseline"):
             verdict = "noise estimate"
         elif name.startswith("combo_") and combo and set(r["options"]) < set(combo["options"]):
