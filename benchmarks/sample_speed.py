@@ -70,7 +70,7 @@ def run_old(tree: Path, tmp: Path, digits: str) -> dict:
     return {"generate_s": float(m.group(2)), "process_s": wall}
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "gpt"), help="character model dir")
     ap.add_argument("--classifier", default=str(ROOT / "checkpoints" / "classifier"), help="reranker dir")
@@ -86,42 +86,49 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda implies --no-old)")
     ap.add_argument("--no-cache-repeats", type=int, default=0,
                     help="also time one digit this many times without the KV cache (recomputing the prefix)")
-    a = ap.parse_args()
-    cpu = cpu_name()
-    digits = list(range(10))
-    dev = torch.device(a.device)
-    gpu = dev.type == "cuda"
-    where = f"{torch.cuda.get_device_name(dev)} (host CPU {cpu})" if gpu else cpu
+    return ap.parse_args()
 
-    t0 = time.perf_counter()
-    native = False if gpu else kvcache.native_attend() is not None
-    native_s = time.perf_counter() - t0
-    model, cfg, tok = checkpoint.load_model(a.checkpoint, dev)
-    grammar = tk.Grammar.of(tok)
-    bpp = bpp_of_length(cfg.block_size)
-    clf, _ = load_classifier(a.classifier, dev)
-    t0 = time.perf_counter()
-    if not a.keep_plan and not gpu:
-        from mnisttext.packing import build_sampler
-        tuning.decode_plan(model, build_sampler, refresh=True)
-    sampler = prepare_for_sampling(model, a.dtype)
-    plan_s = time.perf_counter() - t0
-    plan = sampler.decode_plan
-    settings = sample.SampleSettings(temperature=0.8, bpp=bpp)
 
-    def job(ds):
-        """What `generate --digits ...` does between loading and saving pictures."""
-        sync(dev)
+class Job:
+    """The shipped pieces loaded once, the decode plan measured (as a first use would), and
+    what `generate --digits ...` does between loading and saving pictures, timed."""
+
+    def __init__(self, a):
+        self.a, self.dev = a, torch.device(a.device)
+        self.gpu = self.dev.type == "cuda"
+        t0 = time.perf_counter()
+        self.native = False if self.gpu else kvcache.native_attend() is not None
+        self.native_s = time.perf_counter() - t0
+        self.model, self.cfg, tok = checkpoint.load_model(a.checkpoint, self.dev)
+        self.grammar = tk.Grammar.of(tok)
+        self.bpp = bpp_of_length(self.cfg.block_size)
+        self.clf, _ = load_classifier(a.classifier, self.dev)
+        t0 = time.perf_counter()
+        if not a.keep_plan and not self.gpu:
+            from mnisttext.packing import build_sampler
+            tuning.decode_plan(self.model, build_sampler, refresh=True)
+        self.sampler = prepare_for_sampling(self.model, a.dtype)
+        self.plan_s = time.perf_counter() - t0
+        self.settings = sample.SampleSettings(temperature=0.8, bpp=self.bpp)
+
+    def __call__(self, ds, settings=None, rerank=True):
+        sync(self.dev)
         t = time.perf_counter()
-        lines = sample.sample_digits(sampler, ds, a.candidates, settings, a.seed, dev, grammar)
-        for d in ds:
-            sample.rerank(d, lines[d], clf, a.keep, 0.8, bpp)
-        sync(dev)
+        lines = sample.sample_digits(self.sampler, ds, self.a.candidates, settings or self.settings,
+                                     self.a.seed, self.dev, self.grammar)
+        for d in ds if rerank else ():
+            sample.rerank(d, lines[d], self.clf, self.a.keep, 0.8, self.bpp)
+        sync(self.dev)
         return time.perf_counter() - t, lines
 
+
+def timed_runs(a, job) -> tuple[list, dict, list, list]:
+    """All ten digits --repeats times, each digit alone once, the old release --old-repeats
+    times (interleaved), one digit without the cache --no-cache-repeats times."""
+    digits = list(range(10))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tree = None if a.no_old or gpu else old_release(a.old_commit, tmp)
+        tree = None if a.no_old or job.gpu else old_release(a.old_commit, tmp)
         job([3])                                              # warm up (oneDNN kernels, pages)
         batched, single, old = [], {}, []
         lines_batched = None
@@ -135,70 +142,78 @@ def main():
                 for d in digits:                               # each digit alone
                     dt, alone = job([d])
                     single[d] = (dt, alone[d] == lines_batched[d])
+    no_cache_settings = sample.SampleSettings(0.8, use_cache=False, bpp=job.bpp)
+    no_cache = [job([3], no_cache_settings, rerank=False)[0] for _ in range(a.no_cache_repeats)]
+    return batched, single, old, no_cache
 
-    no_cache = []
-    for rep in range(a.no_cache_repeats):
-        t = time.perf_counter()
-        sample.sample_digits(sampler, [3], a.candidates, sample.SampleSettings(0.8, use_cache=False, bpp=bpp),
-                             a.seed, dev, grammar)
-        sync(dev)
-        no_cache.append(time.perf_counter() - t)
-    identical = all(same for _, same in single.values())
-    one = statistics.median(dt for dt, _ in single.values())
+
+def results(a, job, batched, single, old, no_cache) -> dict:
+    plan = job.sampler.decode_plan
     med = statistics.median(batched)
-    threads = plan.get("threads") or torch.get_num_threads()
-    workers = plan.get("workers") or 1
     # the machine's peak: square matmuls on all its cores (torch's threads) or the GPU, both dtypes
-    peaks = {d: matmul_peak(dt, dev) for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peaks = {d: matmul_peak(dt, job.dev) for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     peak_dtype = max(peaks, key=peaks.get)
-    peak = peaks[peak_dtype]
-    n = model.num_params()
-    steps = cfg.block_size - 1                      # tokens generated after the class digit
-    flops = 2 * n * a.candidates * len(digits) * steps
-    floor = flops / peak
+    n = job.model.num_params()
+    steps = job.cfg.block_size - 1                  # tokens generated after the class digit
+    flops = 2 * n * a.candidates * 10 * steps
+    floor = flops / peaks[peak_dtype]
     old_med = statistics.median(o["generate_s"] for o in old) if old else None
-    res = {"checkpoint": a.checkpoint, "cpu": cpu, "device": str(dev),
-           "gpu": torch.cuda.get_device_name(dev) if gpu else None, "params": n, "candidates": a.candidates,
-           "digits": len(digits), "native_attention": native, "native_build_s": native_s,
-           "plan": plan, "plan_s": plan_s, "threads": threads, "workers": workers,
-           "ten_digits_s": med, "ten_digits_runs_s": batched,
-           "one_digit_median_s": one, "one_digit_s": {d: dt for d, (dt, _) in single.items()},
-           "identical_batched_vs_alone": identical,
-           "flops": flops, "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
-           "peak_dtype": peak_dtype, "flop_floor_s": floor, "ratio_to_floor": med / floor,
-           "fraction_of_peak": floor / med,
-           "old_commit": None if not old else a.old_commit, "old_runs": old,
-           "old_ten_digits_s": old_med, "speedup_vs_old": old_med / med if old_med else None,
-           "no_cache_one_digit_s": no_cache,
-           "machine": machine(dev)}
-    rows = [("CPU", f"{cpu}, {res['machine']['cpus']} cores")]
-    rows += [("GPU", res["gpu"])] if gpu else []
+    return {"checkpoint": a.checkpoint, "cpu": cpu_name(), "device": str(job.dev),
+            "gpu": torch.cuda.get_device_name(job.dev) if job.gpu else None, "params": n,
+            "candidates": a.candidates, "digits": 10, "native_attention": job.native,
+            "native_build_s": job.native_s, "plan": plan, "plan_s": job.plan_s,
+            "threads": plan.get("threads") or torch.get_num_threads(), "workers": plan.get("workers") or 1,
+            "ten_digits_s": med, "ten_digits_runs_s": batched,
+            "one_digit_median_s": statistics.median(dt for dt, _ in single.values()),
+            "one_digit_s": {d: dt for d, (dt, _) in single.items()},
+            "identical_batched_vs_alone": all(same for _, same in single.values()),
+            "flops": flops, "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
+            "peak_dtype": peak_dtype, "flop_floor_s": floor, "ratio_to_floor": med / floor,
+            "fraction_of_peak": floor / med,
+            "old_commit": None if not old else a.old_commit, "old_runs": old,
+            "old_ten_digits_s": old_med, "speedup_vs_old": old_med / med if old_med else None,
+            "no_cache_one_digit_s": no_cache, "machine": machine(job.dev)}
+
+
+def table(a, res) -> list[tuple[str, object]]:
+    plan, med = res["plan"], res["ten_digits_s"]
+    rows = [("CPU", f"{res['cpu']}, {res['machine']['cpus']} cores")]
+    rows += [("GPU", res["gpu"])] if res["gpu"] else []
     rows += [
-            ("decode plan", f"{plan['dtype']} ({plan.get('kv', 'model')} keys/values), {workers} worker(s) "
-                            f"x {threads} thread(s), up to {plan['rows']} rows a batch, "
-                            f"rows batch-independent: {plan['row_invariant']}"),
-            ("plan measured in s (first use)", plan_s),
-            ("native attention kernel", native),
-            (f"all 10 digits, s (median of {len(batched)})", med),
-            ("  runs", ", ".join(f"{x:.2f}" for x in batched)),
-            ("one digit alone, s (median of 10)", one),
-            ("batched lines == each digit alone", identical),
-            ("FLOP floor s (2 x params x tokens / peak)", floor),
-            ("ratio to floor", med / floor),
-            (f"matmul peak TFLOP/s (fp32 / bf16, {a.device if gpu else f'{torch.get_num_threads()} threads'})",
-             f"{peaks['fp32'] / 1e12:.3f} / {peaks['bf16'] / 1e12:.3f}"),
-            (f"fraction of the {peak_dtype} peak achieved", floor / med)]
-    if old:
-        rows += [(f"old release {a.old_commit}: 10 digits, s (its own line)", old_med),
+        ("decode plan", f"{plan['dtype']} ({plan.get('kv', 'model')} keys/values), {res['workers']} "
+                        f"worker(s) x {res['threads']} thread(s), up to {plan['rows']} rows a batch, "
+                        f"rows batch-independent: {plan['row_invariant']}"),
+        ("plan measured in s (first use)", res["plan_s"]),
+        ("native attention kernel", res["native_attention"]),
+        (f"all 10 digits, s (median of {len(res['ten_digits_runs_s'])})", med),
+        ("  runs", ", ".join(f"{x:.2f}" for x in res["ten_digits_runs_s"])),
+        ("one digit alone, s (median of 10)", res["one_digit_median_s"]),
+        ("batched lines == each digit alone", res["identical_batched_vs_alone"]),
+        ("FLOP floor s (2 x params x tokens / peak)", res["flop_floor_s"]),
+        ("ratio to floor", res["ratio_to_floor"]),
+        (f"matmul peak TFLOP/s (fp32 / bf16, {a.device if res['gpu'] else f'{torch.get_num_threads()} threads'})",
+         f"{res['peak_tflops']['fp32']:.3f} / {res['peak_tflops']['bf16']:.3f}"),
+        (f"fraction of the {res['peak_dtype']} peak achieved", res["fraction_of_peak"])]
+    if res["old_runs"]:
+        rows += [(f"old release {a.old_commit}: 10 digits, s (its own line)", res["old_ten_digits_s"]),
                  ("  runs (its line / whole process)",
-                  ", ".join(f"{o['generate_s']:.2f}/{o['process_s']:.2f}" for o in old)),
-                 ("speed-up over the old release", old_med / med)]
-    if no_cache:
-        rows.append(("one digit without the KV cache, s (median)", statistics.median(no_cache)))
-    which = "shipped model" if Path(a.checkpoint).resolve() == (ROOT / "checkpoints" / "gpt").resolve() else a.checkpoint
-    print_table(f"generate --digits 0-9, {a.candidates} candidates + rerank, {which}, on {where}", rows)
+                  ", ".join(f"{o['generate_s']:.2f}/{o['process_s']:.2f}" for o in res["old_runs"])),
+                 ("speed-up over the old release", res["speedup_vs_old"])]
+    if res["no_cache_one_digit_s"]:
+        rows.append(("one digit without the KV cache, s (median)", statistics.median(res["no_cache_one_digit_s"])))
+    return rows
+
+
+def main():
+    a = parse_args()
+    job = Job(a)
+    res = results(a, job, *timed_runs(a, job))
+    where = f"{res['gpu']} (host CPU {res['cpu']})" if res["gpu"] else res["cpu"]
+    shipped = Path(a.checkpoint).resolve() == (ROOT / "checkpoints" / "gpt").resolve()
+    print_table(f"generate --digits 0-9, {a.candidates} candidates + rerank, "
+                f"{'shipped model' if shipped else a.checkpoint}, on {where}", table(a, res))
     record("sample_speed", res)
-    if not identical:
+    if not res["identical_batched_vs_alone"]:
         print("ERROR: batched lines differ from each digit alone", file=sys.stderr)
         return 1
     return 0

@@ -120,8 +120,10 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
     sampling, the random numbers and on_step stay in the calling thread. A group's uniforms are
     drawn from its own generator, n per step in row order, for as long as it would run alone:
     once all its lines are spelled out (BPE lines end at different steps) it draws nothing
-    more, and its rows ride along on ')' and <pad> until the last group ends. kv_int8 keeps
-    the decode's keys and values in int8 (KVCache.cat; where the native kernel runs)."""
+    more, and its rows ride along on ')' and <pad> until the last group ends. With one token
+    per character the first and last pixel rows (all padding, ':') take no decode steps: the
+    first is prefilled with the prefix, the last written once the rest is sampled. kv_int8
+    keeps the decode's keys and values in int8 (KVCache.cat; where the native kernel runs)."""
     n_sym = codec.n_symbols(settings.bpp)
     grammar = grammar or tk.Grammar.character()
     device = torch.device(device)
