@@ -2,6 +2,8 @@
 
     python benchmarks/flagship_curve.py runs/flagship_v2                  # stage 1
     python benchmarks/flagship_curve.py runs/flagship_v2 runs/flagship_v2b  # both stages
+    python benchmarks/flagship_curve.py runs/flagship_v2 runs/flagship_v2b \
+        --series "Muon=runs/flagship_muon,runs/flagship_muon_b"            # another recipe beside
 
 Reads each run's metrics.jsonl (the periodic NLL on the first 1,000 test lines against the
 training clock; a second stage is drawn after the first one's last minute) and the shipped
@@ -40,27 +42,42 @@ def first_reaching(points: list, nats: float):
     return next((m for m, v in points if v <= nats), None)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="run directories in stage order")
-    a = ap.parse_args()
-    old = json.loads(OLD.read_text())
+def series_points(label: str, runs: list) -> dict:
+    """One recipe's stages, each drawn after the previous one's last minute."""
     stages, offset = [], 0.0
-    for run in a.runs:
+    for run in runs:
         pts, final = stage_points(Path(run), offset)
         stages.append({"run": str(run), "points": pts, "final": final})
         offset = pts[-1][0] if pts else offset
-    new_pts = [p for s in stages for p in s["points"]]
-    OUT_JSON.write_text(json.dumps({"stages": stages, "old": {k: old[k] for k in ("stage1", "stage2")}},
+    return {"label": label, "stages": stages}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run directories in stage order (the new recipe)")
+    ap.add_argument("--label", default="new recipe", help="the positional runs' name in the legend")
+    ap.add_argument("--series", action="append", default=[], metavar="LABEL=RUN[,RUN]",
+                    help="another recipe's runs, in stage order, drawn beside")
+    a = ap.parse_args()
+    old = json.loads(OLD.read_text())
+    series = [series_points(a.label, a.runs)]
+    for spec in a.series:
+        label, _, runs = spec.partition("=")
+        if not runs:
+            ap.error(f"--series {spec!r}: expected LABEL=RUN[,RUN]")
+        series.append(series_points(label, [r for r in runs.split(",") if Path(r).exists()]))
+    OUT_JSON.write_text(json.dumps({"series": series, "old": {k: old[k] for k in ("stage1", "stage2")}},
                                    indent=1) + "\n")
-    for minutes, nats in old["stage1"][-1:] + old["stage2"][-2:]:
-        print(f"shipped model: {nats:.2f} nats at {minutes:.0f} min; the new run first at or below it: "
-              f"{first_reaching(new_pts, nats)} min")
-    plot(old, stages)
+    for sr in series:
+        pts = [p for s in sr["stages"] for p in s["points"]]
+        for minutes, nats in old["stage1"][-1:] + old["stage2"][-2:]:
+            print(f"shipped model: {nats:.2f} nats at {minutes:.0f} min; {sr['label']} first at or "
+                  f"below it: {first_reaching(pts, nats)} min")
+    plot(old, series)
     print(f"wrote {OUT_PNG.relative_to(ROOT)} and {OUT_JSON.relative_to(ROOT)}")
 
 
-def plot(old: dict, stages: list) -> None:
+def plot(old: dict, series: list) -> None:
     import matplotlib            # plotting only here
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # (after the backend is set)
@@ -68,11 +85,13 @@ def plot(old: dict, stages: list) -> None:
     for key, label in (("stage1", "shipped model, stage 1"), ("stage2", "shipped model, stage 2")):
         xs, ys = zip(*old[key])
         ax.plot(xs, ys, "o-", ms=3, color="0.55" if key == "stage1" else "0.3", label=label)
-    for i, s in enumerate(stages):
-        if s["points"]:
-            xs, ys = zip(*s["points"])
-            ax.plot(xs, ys, "o-", ms=3, color=("tab:blue", "tab:orange")[i % 2],
-                    label=f"new recipe, stage {i + 1}")
+    colors = (("tab:blue", "tab:orange"), ("tab:green", "tab:red"), ("tab:purple", "tab:brown"))
+    for k, sr in enumerate(series):
+        for i, s in enumerate(sr["stages"]):
+            if s["points"]:
+                xs, ys = zip(*s["points"])
+                ax.plot(xs, ys, "o-", ms=3, color=colors[k % 3][i % 2],
+                        label=f"{sr['label']}, stage {i + 1}")
     ax.axhline(53.13, color="0.3", ls=":", lw=1)
     ax.axvline(113.5, color="0.3", ls=":", lw=1)
     ax.text(114.5, ax.get_ylim()[1] * 0.98, "half of 227 min", va="top", fontsize=8)
