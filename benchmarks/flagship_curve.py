@@ -1,4 +1,4 @@
-"""The new flagship's training curve beside the shipped model's, in one plot.
+"""The new recipe's training curves beside the previous flagship's, in one plot.
 
     python benchmarks/flagship_curve.py runs/flagship_v2                  # stage 1
     python benchmarks/flagship_curve.py runs/flagship_v2 runs/flagship_v2b  # both stages
@@ -6,11 +6,11 @@
         --series "Muon=runs/flagship_muon,runs/flagship_muon_b"            # another recipe beside
 
 Reads each run's metrics.jsonl (the periodic NLL on the first 1,000 test lines against the
-training clock; a second stage is drawn after the first one's last minute) and the shipped
-model's curve as recovered from its figure (benchmarks/results/old_flagship_curve.json, made by
+training clock; a second stage is drawn after the first one's last minute) and the previous
+flagship's curve as recovered from its figure (benchmarks/results/old_flagship_curve.json, made by
 digitize_curve.py). Writes the points it plots to benchmarks/results/flagship_curve.json (the
 runs are not committed, the points are) and the plot to docs/img/flagship_vs_old.png. Prints,
-for each NLL the shipped model reached, the first minute the new run reached it.
+for each NLL the previous flagship reached, the first minute each new run reached it.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def main():
     for sr in series:
         pts = [p for s in sr["stages"] for p in s["points"]]
         for minutes, nats in old["stage1"][-1:] + old["stage2"][-2:]:
-            print(f"shipped model: {nats:.2f} nats at {minutes:.0f} min; {sr['label']} first at or "
+            print(f"previous flagship: {nats:.2f} nats at {minutes:.0f} min; {sr['label']} first at or "
                   f"below it: {first_reaching(pts, nats)} min")
     plot(old, series)
     print(f"wrote {OUT_PNG.relative_to(ROOT)} and {OUT_JSON.relative_to(ROOT)}")
@@ -82,7 +82,7 @@ def plot(old: dict, series: list) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # (after the backend is set)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for key, label in (("stage1", "shipped model, stage 1"), ("stage2", "shipped model, stage 2")):
+    for key, label in (("stage1", "previous flagship, stage 1"), ("stage2", "previous flagship, stage 2")):
         xs, ys = zip(*old[key])
         ax.plot(xs, ys, "o-", ms=3, color="0.55" if key == "stage1" else "0.3", label=label)
     colors = (("tab:blue", "tab:orange"), ("tab:green", "tab:red"), ("tab:purple", "tab:brown"))
