@@ -65,7 +65,10 @@ def main():
         label, _, runs = spec.partition("=")
         if not runs:
             ap.error(f"--series {spec!r}: expected LABEL=RUN[,RUN]")
-        series.append(series_points(label, [r for r in runs.split(",") if Path(r).exists()]))
+        missing = [r for r in runs.split(",") if not (Path(r) / "metrics.jsonl").exists()]
+        if missing:
+            ap.error(f"--series {spec!r}: no metrics.jsonl in {', '.join(missing)}")
+        series.append(series_points(label, runs.split(",")))
     OUT_JSON.write_text(json.dumps({"series": series, "old": {k: old[k] for k in ("stage1", "stage2")}},
                                    indent=1) + "\n")
     for sr in series:

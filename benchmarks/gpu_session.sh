@@ -6,8 +6,8 @@
 #     DEVICE=cpu EVAL_ARGS="--test-images 50 --gen-class-images 10 --samples-per-class 2" \
 #         OUT=/tmp/gpu bash benchmarks/gpu_session.sh 0.2       # the script itself, checked on a CPU
 #
-# 1. a smoke test (a tiny model: 30 training steps, eval, generate) that stops here if the CUDA
-#    path is broken, before the budget goes to training;
+# 1. a smoke test (a tiny model: 30 training steps and eval; the shipped model: generate) that
+#    stops here if the CUDA path is broken, before the budget goes to training;
 # 2. the main job's speed with the shipped model on the GPU: 64 candidates (one digit) and 640
 #    (all ten), reranked, against the GPU's measured matmul peak (benchmarks/sample_speed.py);
 # 3. a larger model than the shipped one with the same recipe (8 x 512, 4 query heads per
@@ -46,8 +46,8 @@ fi
 
 if [[ $PARTS == *speed* ]]; then
 say "2. speed"
-$PY benchmarks/sample_speed.py --device $DEV --no-old --keep-plan --repeats "${SPEED_REPEATS:-5}" >> "$LOG" 2>&1 || say "speed FAILED"
-tail -n 1 benchmarks/history.jsonl > "$OUT/speed.json"
+$PY benchmarks/sample_speed.py --device $DEV --no-old --keep-plan --repeats "${SPEED_REPEATS:-5}" >> "$LOG" 2>&1 \
+    && tail -n 1 benchmarks/history.jsonl > "$OUT/speed.json" || say "speed FAILED"
 fi
 [[ $PARTS == *train* ]] || exit 0
 

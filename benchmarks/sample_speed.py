@@ -157,6 +157,8 @@ def results(a, job, batched, single, old, no_cache) -> dict:
     steps = job.cfg.block_size - 1                  # tokens generated after the class digit
     flops = 2 * n * a.candidates * 10 * steps
     floor = flops / peaks[peak_dtype]
+    lead, tail = job.grammar.forced_padding(job.bpp)
+    model_tokens = steps - 1 - lead - tail          # positions sampled from the model's logits
     old_med = statistics.median(o["generate_s"] for o in old) if old else None
     return {"checkpoint": a.checkpoint, "cpu": cpu_name(), "device": str(job.dev),
             "gpu": torch.cuda.get_device_name(job.dev) if job.gpu else None, "params": n,
@@ -169,7 +171,8 @@ def results(a, job, batched, single, old, no_cache) -> dict:
             "identical_batched_vs_alone": all(same for _, same in single.values()),
             "flops": flops, "peak_tflops": {k: v / 1e12 for k, v in peaks.items()},
             "peak_dtype": peak_dtype, "flop_floor_s": floor, "ratio_to_floor": med / floor,
-            "fraction_of_peak": floor / med,
+            "fraction_of_peak": floor / med, "model_tokens_per_line": model_tokens,
+            "fraction_of_peak_model_tokens": floor * model_tokens / steps / med,
             "old_commit": None if not old else a.old_commit, "old_runs": old,
             "old_ten_digits_s": old_med, "speedup_vs_old": old_med / med if old_med else None,
             "no_cache_one_digit_s": no_cache, "machine": machine(job.dev)}
@@ -189,11 +192,13 @@ def table(a, res) -> list[tuple[str, object]]:
         ("  runs", ", ".join(f"{x:.2f}" for x in res["ten_digits_runs_s"])),
         ("one digit alone, s (median of 10)", res["one_digit_median_s"]),
         ("batched lines == each digit alone", res["identical_batched_vs_alone"]),
-        ("FLOP floor s (2 x params x tokens / peak)", res["flop_floor_s"]),
+        ("FLOP floor s (2 x params x 151 tokens a line / peak)", res["flop_floor_s"]),
         ("ratio to floor", res["ratio_to_floor"]),
         (f"matmul peak TFLOP/s (fp32 / bf16, {a.device if res['gpu'] else f'{torch.get_num_threads()} threads'})",
          f"{res['peak_tflops']['fp32']:.3f} / {res['peak_tflops']['bf16']:.3f}"),
-        (f"fraction of the {res['peak_dtype']} peak achieved", res["fraction_of_peak"])]
+        (f"fraction of the {res['peak_dtype']} peak achieved", res["fraction_of_peak"]),
+        (f"  counting only the {res['model_tokens_per_line']} tokens a line the model runs",
+         res["fraction_of_peak_model_tokens"])]
     if res["old_runs"]:
         rows += [(f"old release {a.old_commit}: 10 digits, s (its own line)", res["old_ten_digits_s"]),
                  ("  runs (its line / whole process)",

@@ -100,9 +100,11 @@ def generate(model, prefix: list[int], n: int, generator: torch.Generator,
     """Complete `prefix` (class digit, then tokens of the first symbols) into n full lines
     -> (n, L) token ids; with BPE tokens, lines end at different places and <pad> follows ')'.
 
-    Constrained decoding: a row may only take body tokens that fit in its remaining symbols, and
-    once its 150*bpp symbols are spelled, ')' and then <pad>. on_step(t, tokens) is called after
-    position t is filled. The model runs in its own dtype (see tuning.prepare_for_sampling)."""
+    Constrained decoding: a row may only take body tokens that fit in its remaining symbols and
+    keep the padding pixels at 0, and once its 150*bpp symbols are spelled, ')' and then <pad>.
+    on_step(t, tokens) is called after position t is filled (the padding written without decode
+    steps: once per run of it, see generate_groups). The model runs in its own dtype (see
+    tuning.prepare_for_sampling)."""
     return generate_groups(model, [Group(prefix, n, generator, on_step)], settings, device, grammar)[0]
 
 
@@ -121,8 +123,10 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
     drawn from its own generator, n per step in row order, for as long as it would run alone:
     once all its lines are spelled out (BPE lines end at different steps) it draws nothing
     more, and its rows ride along on ')' and <pad> until the last group ends. With one token
-    per character the first and last pixel rows (all padding, ':') take no decode steps: the
-    first is prefilled with the prefix, the last written once the rest is sampled. kv_int8
+    per character the leading and trailing all-padding symbols (':'; bpp 1: the first and last
+    pixel rows) take no decode steps: the leading ones are prefilled with the prefix (on_step
+    once, at their last position), the trailing ones written once the rest is sampled (on_step
+    once, at the line's last symbol). kv_int8
     keeps the decode's keys and values in int8 (KVCache.cat; where the native kernel runs)."""
     n_sym = codec.n_symbols(settings.bpp)
     grammar = grammar or tk.Grammar.character()
@@ -493,8 +497,8 @@ def sample_digits(model, digits: list[int], n: int, settings: SampleSettings, se
     """n lines for each class digit -> {digit: lines}. The one entry point for unconditional
     generation (CLI, evaluation, API, benchmarks): it owns the seed contract (digit_seed) and
     decodes the digits together, in batches sized by the sampler's measured plan.
-    on_step(digit, t, tokens) is called after each position of each digit, with that digit's
-    (n, L) tokens."""
+    on_step(digit, t, tokens) is called after each decoded position of each digit (and once for
+    each run of padding written without decoding), with that digit's (n, L) tokens."""
     groups = []
     for d in digits:
         step = (lambda t, toks, d=d: on_step(d, t, toks)) if on_step else None

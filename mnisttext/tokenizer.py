@@ -109,6 +109,9 @@ class Grammar:
                 continue
             values = np.frombuffer(s.encode("ascii"), dtype=np.uint8) - codec.ALPHABET_START
             last = n - len(values)                       # the last position it fits at
+            if last < 0:
+                table[:, i] = False
+                continue
             ok = np.zeros(n + 1, dtype=bool)
             ok[:last + 1] = True
             for j, v in enumerate(values):
@@ -118,8 +121,9 @@ class Grammar:
 
     def forced_padding(self, bpp: int = 1) -> tuple[int, int]:
         """(lead, tail): with one token per character, the symbols at the start and at the end
-        of a line that are all padding (bpp 1: the first and last pixel rows, 5 symbols each),
-        which a sampler can write without asking the model; (0, 0) for BPE tokens."""
+        of a line that are all padding (bpp 1: the first and last pixel rows, 5 symbols each;
+        bpp 6: 31, a row and the next row's first pixel), which a sampler can write without
+        asking the model; (0, 0) for BPE tokens."""
         body = self.sym_len[self.sym_len > 0]
         if not self.is_character or body.max(initial=0) != 1:
             return 0, 0

@@ -174,8 +174,12 @@ def test_sampled_lines_keep_the_padding_at_zero_and_skip_its_steps(use_cache):
 
 def test_a_prefix_past_the_first_row_is_not_extended():
     model = tiny()
+    calls = []
+    forward = model.forward
+    model.forward = lambda idx, *a, **k: calls.append(idx.shape[1]) or forward(idx, *a, **k)
     prefix = [7] + [tk.SYMBOL_OFFSET] * 7
     out = sample.generate(model, prefix, 2, sample.make_generator(0), sample.SampleSettings())
+    assert calls[0] == 8 and len(calls) == 1 + 150 - 7 - 5 - 1
     assert out.shape == (2, 152) and (out[:, :8] == torch.tensor(prefix)).all()
     assert (out[:, 146:151] == tk.SYMBOL_OFFSET).all() and (out[:, 151] == tk.END_ID).all()
 
