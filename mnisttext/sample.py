@@ -138,7 +138,7 @@ def generate_groups(model, groups: list[Group], settings: SampleSettings = Sampl
     padding = torch.as_tensor(grammar.padding_table(settings.bpp), device=device)   # (n_sym+1, V)
     lead, tail = grammar.forced_padding(settings.bpp)
     original = [len(g.prefix) for g in groups]
-    groups = [_with_lead(g, lead, sym_len) for g in groups]
+    groups = [_with_lead(g, lead, sym_len, n_sym) for g in groups]
     b = _layout(groups, n_sym, sym_len, device)
     logits, caches = _prefill(model, groups, b.counts, settings.use_cache, device)   # (Rp, V)
     if lead:
@@ -235,10 +235,10 @@ def _uniforms(groups, b: _Batch, active, device) -> torch.Tensor:
     return u
 
 
-def _with_lead(g: Group, lead: int, sym_len) -> Group:
+def _with_lead(g: Group, lead: int, sym_len, n_sym: int) -> Group:
     """g with the all-padding symbols that follow its prefix (one token per character) appended
     to the prefix: they are ':' in every line, so the prefill writes them, not decode steps."""
-    given = int(sym_len[g.prefix[1:]].sum()) if len(g.prefix) > 1 else 0
+    given = _check_prefix(g.prefix, sym_len, n_sym)
     if given >= lead:
         return g
     return Group(list(g.prefix) + [tk.SYMBOL_OFFSET] * (lead - given), g.n, g.generator, g.on_step)

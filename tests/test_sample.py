@@ -154,14 +154,19 @@ def test_generate_with_a_mock_model_follows_its_logits_and_the_grammar():
     assert lines == ["5" + ":" * 5 + ":yyy:" * 28 + ":" * 5 + ")"] * 3
 
 
+def count_calls(model) -> list:
+    """The token count of each of the model's forward calls, from now on."""
+    calls, forward = [], model.forward
+    model.forward = lambda idx, *a, **k: calls.append(idx.shape[1]) or forward(idx, *a, **k)
+    return calls
+
+
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_sampled_lines_keep_the_padding_at_zero_and_skip_its_steps(use_cache):
     """The first and last pixel rows (5 symbols each) are written without decode steps: one
     prefill of the digit and the first row, then one step per free symbol."""
     model = tiny()
-    calls = []
-    forward = model.forward
-    model.forward = lambda idx, *a, **k: calls.append(idx.shape[1]) or forward(idx, *a, **k)
+    calls = count_calls(model)
     out = sample.generate(model, [4], 8, sample.make_generator(3),
                           sample.SampleSettings(temperature=2.0, use_cache=use_cache))
     _, bits = codec.decode_batch(sample.tokens_to_lines(out))
@@ -174,9 +179,7 @@ def test_sampled_lines_keep_the_padding_at_zero_and_skip_its_steps(use_cache):
 
 def test_a_prefix_past_the_first_row_is_not_extended():
     model = tiny()
-    calls = []
-    forward = model.forward
-    model.forward = lambda idx, *a, **k: calls.append(idx.shape[1]) or forward(idx, *a, **k)
+    calls = count_calls(model)
     prefix = [7] + [tk.SYMBOL_OFFSET] * 7
     out = sample.generate(model, prefix, 2, sample.make_generator(0), sample.SampleSettings())
     assert calls[0] == 8 and len(calls) == 1 + 150 - 7 - 5 - 1
