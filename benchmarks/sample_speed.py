@@ -80,7 +80,8 @@ def parse_args():
     ap.add_argument("--old-repeats", type=int, default=2, help="runs of the old release")
     ap.add_argument("--no-old", action="store_true", help="skip the old release")
     ap.add_argument("--old-commit", default=OLD_COMMIT, help="the release to compare with")
-    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="sampler dtype")
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32", "int8"], default="auto",
+                    help="sampler dtype")
     ap.add_argument("--keep-plan", action="store_true", help="use the cached decode plan, do not re-measure")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda implies --no-old)")

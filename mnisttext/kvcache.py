@@ -809,27 +809,30 @@ def _compiler() -> str | None:
     return None
 
 
-def build_native(directory: Path | None = None) -> Path | None:
-    """Compile NATIVE_SOURCE into directory (the machine cache) once (~1 s); the library's
-    path, or None where there is no C compiler or it fails. The file name hashes the source, the
-    flags, the compiler's path and the CPU, so a changed kernel or another machine builds its own."""
+def build_native(directory: Path | None = None, source: str = NATIVE_SOURCE, stem: str = "attend",
+                 flags: list[str] | None = None) -> Path | None:
+    """Compile a kernel's C source (NATIVE_SOURCE by default) into directory (the machine cache)
+    once (~1 s); the library's path, or None where there is no C compiler or it fails. The file
+    name hashes the source, the flags, the compiler's path and the CPU, so a changed kernel or
+    another machine builds its own; older builds of the same stem are removed."""
     cc = _compiler()
     if cc is None:
         return None
-    key = hashlib.sha256("\0".join([NATIVE_SOURCE, " ".join(NATIVE_FLAGS), repr(THREAD_FLAGS), cc, cpu_model(),
+    flags = NATIVE_FLAGS if flags is None else flags
+    key = hashlib.sha256("\0".join([source, " ".join(flags), repr(THREAD_FLAGS), cc, cpu_model(),
                                     platform.machine()]).encode()).hexdigest()[:16]
     directory = Path(directory or native_dir())
-    lib = directory / f"attend-{key}.so"
+    lib = directory / f"{stem}-{key}.so"
     if lib.exists():
         return lib
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "attend.c"
-            src.write_text(NATIVE_SOURCE)
-            out = Path(tmp) / "attend.so"
+            src = Path(tmp) / f"{stem}.c"
+            src.write_text(source)
+            out = Path(tmp) / f"{stem}.so"
             for extra in THREAD_FLAGS:
-                r = subprocess.run([cc, *NATIVE_FLAGS, *extra, "-o", str(out), str(src)],
+                r = subprocess.run([cc, *flags, *extra, "-o", str(out), str(src)],
                                    capture_output=True, text=True, timeout=120)
                 if r.returncode == 0:
                     break
@@ -838,7 +841,7 @@ def build_native(directory: Path | None = None) -> Path | None:
             part = directory / f".{lib.name}.{os.getpid()}"
             shutil.copyfile(out, part)
             os.replace(part, lib)          # atomic: a concurrent build writes the same bytes
-        for old in directory.glob("attend-*.so"):      # kernels of other sources or flags
+        for old in directory.glob(f"{stem}-*.so"):      # kernels of other sources or flags
             if old != lib:
                 old.unlink(missing_ok=True)
     except (OSError, subprocess.SubprocessError):

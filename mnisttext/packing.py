@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from .int8 import quantize_blocks
 from .model import GPT
 
 
@@ -95,10 +96,13 @@ def pack_for_cpu_decode(model: nn.Module, rows: int = 64) -> bool:
 
 def build_sampler(model: nn.Module, dtype: str) -> nn.Module:
     """The sampler of one dtype, in eval mode: 'fp32' is the model itself; 'bf16' a bf16 copy,
-    its linear layers prepacked on a CPU."""
+    its linear layers prepacked on a CPU; 'int8' that copy with its blocks' linear layers as
+    8-bit integer products (int8.Int8Linear, rounded from the model's own weights)."""
     if dtype == "fp32":
         return model.eval()
     fast = copy.deepcopy(model).to(torch.bfloat16).eval()
     if next(model.parameters()).device.type == "cpu":
         pack_for_cpu_decode(fast)
+        if dtype == "int8":
+            quantize_blocks(fast, model)
     return fast

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .machine import cpu_dtype_choice
 
-DTYPES = ("auto", "bf16", "fp32")
+DTYPES = ("auto", "bf16", "fp32", "int8")   # int8: the sampler's linear layers (tuning.py)
 
 
 class DeviceError(ValueError):
@@ -63,11 +63,12 @@ def use_bf16(device, dtype: str = "auto") -> bool:
     """The dtype decision for training and teacher-forced evaluation (autocast): 'bf16' / 'fp32'
     force it; 'auto' picks bf16 on a GPU that has it and, on a CPU, only where a training step's
     matmuls measured faster in bf16 (machine.cpu_dtype_choice, timed once and cached). The
-    sampler decides for itself from a timed decode step (tuning.prepare_for_sampling)."""
+    sampler decides for itself from a timed decode step (tuning.prepare_for_sampling); 'int8'
+    concerns only the sampler, so teacher-forced passes take 'auto' there."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     device = torch.device(device)
-    if dtype != "auto":
+    if dtype not in ("auto", "int8"):
         return dtype == "bf16"
     if not bf16_capable(device):
         return False

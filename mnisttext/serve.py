@@ -547,7 +547,7 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="address to listen on; keep 127.0.0.1 unless you mean to share it")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
-    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32", "int8"], default="auto",
                         help="sampling precision")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="model calls allowed to wait; more get 503 (busy)")

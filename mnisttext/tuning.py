@@ -19,10 +19,11 @@ import torch.nn as nn
 
 from .kvcache import KVCache
 from . import machine
-from .machine import (DECODE_ROWS, KV_BUDGET, MARGIN, MAX_ROWS, _best_time, _forced, _key,
+from .machine import (DECODE_ROWS, KV_BUDGET, MARGIN, MAX_ROWS, _best_time, _key,
                       _read_cache, _write_cache, cores, cpu_model)
 from .model import GPT
 from .packing import build_sampler
+from .int8 import int8_available, int_mm_works
 from .runtime import DTYPES, bf16_capable, use_bf16
 from .sample import MIN_ROWS, Workers, _slices
 
@@ -100,6 +101,8 @@ def rows_independent(model, rows: int = 256, pos: int = 8, int8: bool = False) -
     return bool(torch.equal(a, b))
 
 
+SAMPLER_DTYPES = ("fp32", "bf16", "int8")
+PLAN_VERSION = "|int8"   # plans measured before int8 sampling existed are measured again
 WORKERS_MARGIN = 1.10    # torch's own threads must beat workers by this factor to be chosen
 
 
@@ -180,30 +183,42 @@ def decode_plan(model, build=None, refresh: bool = False) -> dict:
     """The decode plan for this model on this CPU (see measure_decode), measured at first use
     (about a second for the shipped model) and then read from the cache. build(dtype) makes the
     sampler of a dtype ('fp32', 'bf16'); packing.prepare_for_sampling passes its own."""
-    key = _key("decode", model_signature(model))
+    key = _key("decode", model_signature(model) + PLAN_VERSION)
     if not refresh and key in machine._memo:
         return machine._memo[key]
     entry = None if refresh else _read_cache().get(key)
-    if not isinstance(entry, dict) or entry.get("choice") not in ("bf16", "fp32"):
+    if not isinstance(entry, dict) or entry.get("choice") not in SAMPLER_DTYPES:
         build = build or build_sampler
         names = ["fp32"] + (["bf16"] if bf16_capable("cpu") else [])
+        names += ["int8"] if "bf16" in names and int8_available() else []
         entry = measure_decode(model, {d: build(model, d) for d in names})
         _write_cache(key, entry)
     machine._memo[key] = entry
     return entry
 
 
+def _forced_sampling() -> str | None:
+    """MNISTTEXT_DTYPE=fp32|bf16|int8: the sampler's dtype, whatever the plan or the flag says."""
+    forced = os.environ.get("MNISTTEXT_DTYPE", "").lower()
+    return forced if forced in SAMPLER_DTYPES else None
+
+
 def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
     """The model to sample with, in eval mode, carrying its `decode_plan` (the dtype, the decode
     workers and threads, the keys' and values' storage, the rows per decode batch, whether rows
     are batch-independent), which sample.sample_digits follows. dtype 'auto' takes the plan's dtype on a CPU (a measured
-    decode step, machine.decode_plan) and bf16 on a GPU that has it; 'bf16'/'fp32' force one."""
+    decode step, machine.decode_plan) and bf16 on a GPU that has it; 'bf16'/'fp32' force one,
+    and 'int8' (a GPT on a CPU) the int8 linear layers (int8.py). MNISTTEXT_DTYPE overrides."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     device = next(model.parameters()).device
+    forced = _forced_sampling()
     if device.type == "cpu" and isinstance(model, GPT):
         plan = decode_plan(model, build_sampler)
-        choice = _forced() or (plan["choice"] if dtype == "auto" else dtype)
+        choice = forced or (plan["choice"] if dtype == "auto" else dtype)
+        if choice == "int8" and not int_mm_works():
+            raise ValueError("dtype 'int8': this build of torch has no CPU int8 matmul (torch._int_mm); "
+                             "use --dtype bf16 or fp32")
         entry = plan.get(choice, {})
         sampler = build_sampler(model, choice)
         sampler.decode_plan = {"dtype": choice, "workers": entry.get("workers", 1),
@@ -212,7 +227,10 @@ def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
                                "rows": entry.get("rows", MAX_ROWS),
                                "row_invariant": entry.get("row_invariant", False)}
         return sampler
-    choice = "bf16" if use_bf16(device, dtype) else "fp32"
+    if "int8" in (dtype, forced):
+        raise ValueError(f"dtype 'int8' samples a GPT on a CPU only, not a {type(model).__name__} "
+                         f"on {device.type}: use --dtype bf16 or fp32")
+    choice = forced or ("bf16" if use_bf16(device, dtype) else "fp32")
     sampler = build_sampler(model, choice)
     invariant = rows_independent(sampler) if isinstance(model, GPT) else False
     sampler.decode_plan = {"dtype": choice, "workers": 1, "threads": None, "small": None,

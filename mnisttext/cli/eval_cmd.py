@@ -65,7 +65,8 @@ def register(sub) -> None:
     v.add_argument("--samples-per-class", type=int_range(2), default=100, help="raw samples per digit")
     v.add_argument("--seed", type=seed, default=0, help="sampling seed")
     v.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto")
-    v.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="model dtype")
+    v.add_argument("--dtype", choices=["auto", "bf16", "fp32", "int8"], default="auto",
+                   help="model dtype (int8: the sampler's linear layers; NLL then takes auto)")
     v.add_argument("--json", action="store_true", help="one JSON object on stdout instead of a table")
     v.set_defaults(func=cmd_eval)
 

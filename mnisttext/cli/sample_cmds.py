@@ -38,8 +38,9 @@ def add_model_args(p) -> None:
     p.add_argument("--top-p", type=top_p, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument("--seed", type=seed, default=0, help="random seed (digit d samples from seed*100+d)")
     p.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 only where it was measured faster on this machine")
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32", "int8"], default="auto",
+                   help="sampling precision; auto: the fastest measured on this machine (bf16 or "
+                        "int8 only where faster); int8: 8-bit linear layers, CPU only")
 
 
 def register(sub) -> None:
