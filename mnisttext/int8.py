@@ -22,12 +22,20 @@ import threading
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import kvcache
 
 SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
+/* rows split over `threads` OpenMP threads (torch's count) where there are enough of them */
+#ifdef _OPENMP
+#define ROWS_IN_PARALLEL _Pragma("omp parallel for num_threads(threads) schedule(static) if(threads > 1 && M >= 64)")
+#else
+#define ROWS_IN_PARALLEL
+#endif
 
 static inline uint16_t f2bf(float f) {          /* round to nearest even, as torch does */
     union { uint32_t u; float f; } b; b.f = f;
@@ -56,15 +64,64 @@ static inline void round_row(const float *buf, long K, float sc, int8_t *o) {
 
 /* x: M rows of K bf16 values (row stride ldx) -> q (M x K) and s (M): q = x * (1 / s) rounded
    half to even, s = max|x| / 127 (1 for a row of zeros). */
-void mnt_quant_rows(const uint16_t *x, long M, long K, long ldx, int8_t *q, float *s) {
-    float buf[K];
+void mnt_quant_rows(const uint16_t *x, long M, long K, long ldx, int8_t *q, float *s, int threads) {
+    ROWS_IN_PARALLEL
     for (long i = 0; i < M; i++) {
+        float buf[K];
         const uint16_t *r = x + i * ldx;
         uint32_t mu = 0;
         for (long k = 0; k < K; k++) {
             uint32_t u = (uint32_t)r[k] << 16, a = u & 0x7fffffffu;
             memcpy(&buf[k], &u, 4);
             mu = a > mu ? a : mu;
+        }
+        s[i] = row_scale(mu);
+        round_row(buf, K, s[i], q + i * K);
+    }
+}
+
+/* x: M rows of K bf16 values (row stride ldx) -> LayerNorm in fp32 (gain g, bias b or NULL),
+   then rounded as mnt_quant_rows rounds: the norm before a linear layer without a bf16 copy. */
+typedef float vf __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline float vsum(vf v) { __m512 x; memcpy(&x, &v, sizeof x); return _mm512_reduce_add_ps(x); }
+#else
+static inline float vsum(vf v) { float t = 0.0f; for (int l = 0; l < 16; l++) t += v[l]; return t; }
+#endif
+/* sum of (buf[k] - c)^p, p = 1 or 2, over K values: four chains of 16 lanes, then a tree */
+static inline float sum_pow(const float *buf, long K, float c, int p) {
+    vf a[4] = {{0}, {0}, {0}, {0}};
+    long k = 0;
+    for (; k + 64 <= K; k += 64)
+        for (int u = 0; u < 4; u++) {
+            vf v; memcpy(&v, buf + k + 16 * u, 64);
+            v -= c;
+            a[u] += p == 2 ? v * v : v;
+        }
+    float t = vsum((a[0] + a[1]) + (a[2] + a[3]));
+    for (; k < K; k++) t += p == 2 ? (buf[k] - c) * (buf[k] - c) : buf[k] - c;
+    return t;
+}
+void mnt_ln_quant(const uint16_t *x, long M, long K, long ldx, const float *g, const float *b,
+                  float eps, int8_t *q, float *s, int threads) {
+    ROWS_IN_PARALLEL
+    for (long i = 0; i < M; i++) {
+        float buf[K];
+        const uint16_t *r = x + i * ldx;
+        long k;
+        for (k = 0; k < K; k++) { uint32_t u = (uint32_t)r[k] << 16; memcpy(&buf[k], &u, 4); }
+        const float mean = sum_pow(buf, K, 0.0f, 1) / (float)K;
+        const float ss = sum_pow(buf, K, mean, 2);
+        const float rstd = 1.0f / sqrtf(ss / (float)K + eps);
+        uint32_t mu = 0;
+        for (k = 0; k < K; k++) {
+            float v = (buf[k] - mean) * rstd * g[k];
+            if (b) v = v + b[k];
+            buf[k] = v;
+            uint32_t u; memcpy(&u, &v, 4);
+            u &= 0x7fffffffu;
+            mu = u > mu ? u : mu;
         }
         s[i] = row_scale(mu);
         round_row(buf, K, s[i], q + i * K);
@@ -81,9 +138,10 @@ static inline void scale_row(const int32_t *r, long N, float a, const float *ws,
 
 /* y (M x N int32) -> out (bf16, row stride ldo): scale_row rounded once to bf16. */
 void mnt_dequant(const int32_t *y, long M, long N, const float *xs, const float *ws,
-                 const float *b, int act, uint16_t *out, long ldo) {
-    float v[N];
+                 const float *b, int act, uint16_t *out, long ldo, int threads) {
+    ROWS_IN_PARALLEL
     for (long i = 0; i < M; i++) {
+        float v[N];
         scale_row(y + i * N, N, xs[i], ws, b, act, v);
         uint16_t *o = out + i * ldo;
         for (long j = 0; j < N; j++) o[j] = f2bf(v[j]);
@@ -93,9 +151,10 @@ void mnt_dequant(const int32_t *y, long M, long N, const float *xs, const float 
 /* y (M x N int32) -> q (M x N int8), s (M): scale_row, then rounded as mnt_quant_rows rounds
    (the MLP's hidden layer goes from one int8 product to the next without a bf16 copy). */
 void mnt_dequant_quant(const int32_t *y, long M, long N, const float *xs, const float *ws,
-                       const float *b, int act, int8_t *q, float *s) {
-    float v[N];
+                       const float *b, int act, int8_t *q, float *s, int threads) {
+    ROWS_IN_PARALLEL
     for (long i = 0; i < M; i++) {
+        float v[N];
         scale_row(y + i * N, N, xs[i], ws, b, act, v);
         uint32_t mu = 0;
         for (long j = 0; j < N; j++) {
@@ -143,18 +202,28 @@ def _weights(module, linear: nn.Linear, name: str) -> None:
                            persistent=False)
 
 
+def _norm(module, ln: nn.LayerNorm | None) -> None:
+    """ln's gain, bias and eps (fp32) kept by module, which applies the norm to its input."""
+    f = lambda t: None if t is None else t.detach().float().contiguous()
+    module.register_buffer("ln_w", None if ln is None else f(ln.weight), persistent=False)
+    module.register_buffer("ln_b", None if ln is None else f(ln.bias), persistent=False)
+    module.eps = 0.0 if ln is None else float(ln.eps)
+
+
 class Int8Linear(nn.Module):
     """Inference-only nn.Linear with int8 weights (one scale per output feature) and int8 inputs
-    (one scale per row), bf16 in and out. Never trained or saved."""
+    (one scale per row), bf16 in and out; ln: a LayerNorm applied to the input first (in fp32,
+    fused with the rounding: the block's ln_1 then becomes an Identity). Never trained or saved."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, ln: nn.LayerNorm | None = None):
         super().__init__()
         _weights(self, linear, "fc")
+        _norm(self, ln)
         self.out_features = linear.out_features
 
     def forward(self, x):
         shape = x.shape
-        q, s = _quant(x.reshape(-1, shape[-1]))
+        q, s = _quant(x.reshape(-1, shape[-1]), self)
         y = _dequant(torch._int_mm(q, self.fc_w), s, self.fc_s, self.fc_b, None)
         return y.view(*shape[:-1], self.out_features)
 
@@ -163,30 +232,40 @@ class Int8MLP(nn.Module):
     """The MLP with ReLU² (c_fc, ReLU², c_proj) as two int8 products; the hidden layer goes
     from the first to the second as int8 (rounded per row from fp32), without a bf16 copy."""
 
-    def __init__(self, mlp: nn.Module):
+    def __init__(self, mlp: nn.Module, ln: nn.LayerNorm | None = None):
         super().__init__()
         _weights(self, mlp.c_fc, "fc")
         _weights(self, mlp.c_proj, "proj")
+        _norm(self, ln)
 
     def forward(self, x):
         shape = x.shape
-        q, s = _quant(x.reshape(-1, shape[-1]))
+        q, s = _quant(x.reshape(-1, shape[-1]), self)
         h, hs = _dequant_quant(torch._int_mm(q, self.fc_w), s, self.fc_s, self.fc_b, "relu2")
         y = _dequant(torch._int_mm(h, self.proj_w), hs, self.proj_s, self.proj_b, None)
         return y.view(*shape[:-1], y.shape[-1])
 
 
-def _quant(x2: torch.Tensor):
-    """(M, K) bf16 -> int8 (M, K), scales (M,)."""
+def _quant(x2: torch.Tensor, layer=None):
+    """(M, K) bf16 -> int8 (M, K), scales (M,); with layer.ln_w, LayerNorm'd first."""
     lib = native()
+    ln = layer is not None and layer.ln_w is not None
     if lib is None:
-        return quantize_rows(x2)
+        return quantize_rows(_layer_norm(x2, layer) if ln else x2)
     if x2.dtype != torch.bfloat16 or x2.stride(-1) != 1:
         x2 = x2.to(torch.bfloat16).contiguous()
     M, K = x2.shape
     q, s = torch.empty((M, K), dtype=torch.int8), torch.empty(M, dtype=torch.float32)
-    lib[0](x2.data_ptr(), M, K, x2.stride(0), q.data_ptr(), s.data_ptr())
+    if ln:
+        lib[3](x2.data_ptr(), M, K, x2.stride(0), layer.ln_w.data_ptr(),
+               None if layer.ln_b is None else layer.ln_b.data_ptr(), layer.eps, q.data_ptr(), s.data_ptr(), torch.get_num_threads())
+    else:
+        lib[0](x2.data_ptr(), M, K, x2.stride(0), q.data_ptr(), s.data_ptr(), torch.get_num_threads())
     return q, s
+
+
+def _layer_norm(x2, layer):
+    return F.layer_norm(x2.float(), (x2.shape[-1],), layer.ln_w, layer.ln_b, layer.eps)
 
 
 def _args(y, xs, ws, bias, act):
@@ -201,7 +280,7 @@ def _dequant(y, xs, ws, bias, act) -> torch.Tensor:
     if lib is None:
         return _scale_torch(y, xs, ws, bias, act).to(torch.bfloat16)
     out = torch.empty(y.shape, dtype=torch.bfloat16)
-    lib[1](*_args(y, xs, ws, bias, act), out.data_ptr(), y.shape[1])
+    lib[1](*_args(y, xs, ws, bias, act), out.data_ptr(), y.shape[1], torch.get_num_threads())
     return out
 
 
@@ -211,19 +290,21 @@ def _dequant_quant(y, xs, ws, bias, act):
     if lib is None:
         return quantize_rows(_scale_torch(y, xs, ws, bias, act))
     q, s = torch.empty(y.shape, dtype=torch.int8), torch.empty(y.shape[0], dtype=torch.float32)
-    lib[2](*_args(y, xs, ws, bias, act), q.data_ptr(), s.data_ptr())
+    lib[2](*_args(y, xs, ws, bias, act), q.data_ptr(), s.data_ptr(), torch.get_num_threads())
     return q, s
 
 
 def _load(path):
     lib = ctypes.CDLL(str(path))
-    fns = lib.mnt_quant_rows, lib.mnt_dequant, lib.mnt_dequant_quant
+    fns = lib.mnt_quant_rows, lib.mnt_dequant, lib.mnt_dequant_quant, lib.mnt_ln_quant
     L, P = ctypes.c_long, ctypes.c_void_p
     for f in fns:
         f.restype = None
-    fns[0].argtypes = [P, L, L, L, P, P]
-    fns[1].argtypes = [P, L, L, P, P, P, ctypes.c_int, P, L]
-    fns[2].argtypes = [P, L, L, P, P, P, ctypes.c_int, P, P]
+    I = ctypes.c_int
+    fns[0].argtypes = [P, L, L, L, P, P, I]
+    fns[1].argtypes = [P, L, L, P, P, P, I, P, L, I]
+    fns[2].argtypes = [P, L, L, P, P, P, I, P, P, I]
+    fns[3].argtypes = [P, L, L, L, P, P, ctypes.c_float, P, P, I]
     return fns
 
 
@@ -236,7 +317,7 @@ def _self_check(lib) -> bool:
         x[2] = 0
         q, s = quantize_rows(x)
         q2, s2 = torch.empty_like(q), torch.empty_like(s)
-        lib[0](x.data_ptr(), 7, 40, x.stride(0), q2.data_ptr(), s2.data_ptr())
+        lib[0](x.data_ptr(), 7, 40, x.stride(0), q2.data_ptr(), s2.data_ptr(), 1)
         if not (torch.equal(q, q2) and torch.equal(s, s2)):
             return False
         y = torch.randint(-40000, 40000, (7, 24), dtype=torch.int32)
@@ -244,13 +325,29 @@ def _self_check(lib) -> bool:
         for bias, act in ((b, None), (None, "relu2"), (b, "relu2")):
             want = _scale_torch(y, s, ws, bias, act)
             out = torch.empty(7, 24, dtype=torch.bfloat16)
-            lib[1](*_args(y, s, ws, bias, act), out.data_ptr(), 24)
+            lib[1](*_args(y, s, ws, bias, act), out.data_ptr(), 24, 1)
             q3, s3 = torch.empty(7, 24, dtype=torch.int8), torch.empty(7)
-            lib[2](*_args(y, s, ws, bias, act), q3.data_ptr(), s3.data_ptr())
+            lib[2](*_args(y, s, ws, bias, act), q3.data_ptr(), s3.data_ptr(), 1)
             wq, wsc = quantize_rows(want)
             if not (torch.equal(out, want.to(torch.bfloat16)) and torch.equal(q3, wq) and torch.equal(s3, wsc)):
                 return False
+        return _ln_close(lib, x)
     return True
+
+
+def _ln_close(lib, x) -> bool:
+    """The fused LayerNorm and rounding against torch's: its sums run in another order, so a
+    value may round to the next integer and a scale differ in its last bits."""
+    ln = nn.LayerNorm(x.shape[1])
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5), ln.bias.uniform_(-1, 1)
+    layer = nn.Module()
+    _norm(layer, ln)
+    want_q, want_s = quantize_rows(_layer_norm(x, layer))
+    q, s = torch.empty_like(want_q), torch.empty_like(want_s)
+    lib[3](x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), layer.ln_w.data_ptr(),
+           layer.ln_b.data_ptr(), layer.eps, q.data_ptr(), s.data_ptr(), 1)
+    return bool((q.int() - want_q.int()).abs().max() <= 1 and torch.allclose(s, want_s, rtol=1e-5, atol=0))
 
 
 @functools.cache
@@ -296,9 +393,15 @@ def quantize_blocks(fast: nn.Module, source: nn.Module) -> None:
     elsewhere. The head and the embeddings stay as they are."""
     relu2 = getattr(source.config, "act", "gelu") == "relu2"
     for bf, bm in zip(fast.transformer.h, source.transformer.h):
-        bf.attn.c_attn, bf.attn.c_proj = Int8Linear(bm.attn.c_attn), Int8Linear(bm.attn.c_proj)
+        ln_1 = bm.ln_1 if bm.canon_a is None else None        # a canon layer sits between them
+        ln_2 = bm.ln_2 if bm.canon_c is None else None
+        bf.attn.c_attn, bf.attn.c_proj = Int8Linear(bm.attn.c_attn, ln_1), Int8Linear(bm.attn.c_proj)
+        if ln_1 is not None:
+            bf.ln_1 = nn.Identity()
         if relu2:
-            bf.mlp = Int8MLP(bm.mlp)
+            bf.mlp = Int8MLP(bm.mlp, ln_2)
         else:                             # GELU between two int8 products, in bf16
-            bf.mlp.c_fc, bf.mlp.c_proj = Int8Linear(bm.mlp.c_fc), Int8Linear(bm.mlp.c_proj)
+            bf.mlp.c_fc, bf.mlp.c_proj = Int8Linear(bm.mlp.c_fc, ln_2), Int8Linear(bm.mlp.c_proj)
             bf.mlp.gelu = nn.GELU(approximate="none" if source.config.gelu == "exact" else "tanh")
+        if ln_2 is not None:
+            bf.ln_2 = nn.Identity()

@@ -456,6 +456,18 @@ static inline uint16_t f2bf(float f) {          /* round to nearest even, as tor
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
+/* n (a multiple of 16) fp32 values -> bf16, rounded to nearest even (the instruction, where
+   there is one, treats denormals as zero) */
+static inline void to_bf16(uint16_t *dst, const float *src, long n) {
+#ifdef BF16DOT
+    for (long d = 0; d < n; d += L) {
+        const __m256bh h = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + d));
+        memcpy(dst + d, &h, sizeof h);
+    }
+#else
+    for (long d = 0; d < n; d++) dst[d] = f2bf(src[d]);
+#endif
+}
 static inline float ld(const void *p, long i, int bf16) { return bf16 ? bf2f(((const uint16_t *)p)[i]) : ((const float *)p)[i]; }
 static inline vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
 static inline vf vexp(vf x) {                   /* e^x for x <= 0, relative error < 2e-7 */
@@ -491,11 +503,14 @@ typedef struct {
    kernel (fp32, in place, x: hs values): RMSNorm with gain g (NULL: none), then the rotary turn
    of the pairs (x_i, x_{i+hs/2}) by the angles whose cos, sin are rc, rs (NULL: none). */
 static void prep(float *x, long hs, const float *g, float eps, const float *rc, const float *rs) {
-    if (g) {
-        float ss = 0.0f;
-        for (long d = 0; d < hs; d++) ss += x[d] * x[d];
-        const float r = 1.0f / sqrtf(ss / (float)hs + eps);
-        for (long d = 0; d < hs; d++) x[d] = x[d] * r * g[d];
+    if (g) {                                    /* hs % 16 == 0: sums in 16 lanes, then a tree */
+        vf acc = {0};
+        for (long d = 0; d < hs; d += L) { vf v; memcpy(&v, x + d, sizeof v); acc += v * v; }
+        const float r = 1.0f / sqrtf(hsum(acc) / (float)hs + eps);
+        for (long d = 0; d < hs; d += L) {
+            vf v, gv; memcpy(&v, x + d, sizeof v); memcpy(&gv, g + d, sizeof gv);
+            v = v * r * gv; memcpy(x + d, &v, sizeof v);
+        }
     }
     if (rc) {
         const long h2 = hs / 2;
@@ -537,7 +552,10 @@ static void store_new(const job_t *j) {
             const char *kraw = (const char *)j->kn + (b * j->ks_b + g * j->ks_h) * is;
             const char *vs = (const char *)j->vn + (b * j->vs_b + g * j->vs_h) * is;
             float kf[MAXHS];                         /* the key, prepared, in fp32 */
-            for (long d = 0; d < hs; d++) kf[d] = ld(kraw, d, j->qbf16);
+            for (long d = 0; d < hs; d += L) {
+                const vf x = load16(kraw, d, j->qbf16 ? BF16 : F32);
+                memcpy(kf + d, &x, sizeof x);
+            }
             prep(kf, hs, j->kg, j->eps, j->rc, j->rs);
             char *kd = (char *)j->k + (blk * L * hs + slot * 2) * es;    /* dimension d: see kern */
             char *vd = (char *)j->v + (blk * L * hs + (slot / 2) * 2 * hs + slot % 2) * es;
@@ -547,11 +565,22 @@ static void store_new(const job_t *j) {
                 if (slot % 2 == 0) for (long d = 0; d < hs; d++) vd[2 * d + 1] = 0;
                 continue;
             }
-            for (long d = 0; d < hs; d++) {          /* the storage dtype is the model's */
-                char *dst = kd + ((d >> 1) * 2 * L + (d & 1)) * es;
-                if (es == 2) { const uint16_t h = f2bf(kf[d]); memcpy(dst, &h, 2); }
-                else memcpy(dst, &kf[d], 4);
+            if (es == 2) {                           /* bf16: a dimension pair is one word */
+                uint16_t kh[MAXHS];
+                to_bf16(kh, kf, hs);
+                for (long d = 0; d < hs; d += 2) memcpy(kd + d * L * es, kh + d, 4);
+            } else
+                for (long d = 0; d < hs; d++) memcpy(kd + ((d >> 1) * 2 * L + (d & 1)) * es, &kf[d], 4);
+#if defined(__AVX512BW__)
+            if (es == 2) {                           /* value d at word d, its partner's half zero */
+                for (long d = 0; d < hs; d += L) {
+                    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(vs + d * 2)));
+                    if (slot % 2 == 0) _mm512_storeu_si512(vd + 2 * d * 2, w);
+                    else _mm512_mask_storeu_epi16(vd + 2 * d * 2 - 2, 0xAAAAAAAAu, _mm512_slli_epi32(w, 16));
+                }
+                continue;
             }
+#endif
             for (long d = 0; d < hs; d++) {
                 memcpy(vd + 2 * d * es, vs + d * es, es);
                 if (slot % 2 == 0) memset(vd + (2 * d + 1) * es, 0, es);
@@ -654,11 +683,12 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
     for (long b = 0; b < rows; b++)
         for (long h = 0; h < nh; h++) {
             const long bh = b * nh + h;
-            for (long d = 0; d < hs; d++)
-                qf[bh * hs + d] = ld(j->q, (j->r0 + b) * j->qs_b + h * j->qs_h + d, j->qbf16);
+            for (long d = 0; d < hs; d += L) {
+                const vf v = load16(j->q, (j->r0 + b) * j->qs_b + h * j->qs_h + d, j->qbf16 ? BF16 : F32);
+                memcpy(qf + bh * hs + d, &v, sizeof v);
+            }
             prep(qf + bh * hs, hs, j->qg, j->eps, j->rc, j->rs);
-            if (dot)                                 /* exact without prep */
-                for (long d = 0; d < hs; d++) qh[bh * hs + d] = f2bf(qf[bh * hs + d]);
+            if (dot) to_bf16(qh + bh * hs, qf + bh * hs, hs);        /* exact without prep */
             for (long d = 0; d < 2 * hs; d++) acc[bh * 2 * hs + d] = 0.0f;
             ms[bh * 2] = -1e30f;
             ms[bh * 2 + 1] = 0.0f;
@@ -731,6 +761,14 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
             const long bh = b * nh + h, o = ((j->r0 + b) * nh + h) * hs;
             const float inv = 1.0f / ms[bh * 2 + 1];
             const float *ac = acc + bh * 2 * hs;
+            if (dot) {                                   /* bf16 out: one vector at a time */
+                float x[MAXHS];
+                for (long d = 0; d < hs; d += L) {
+                    vf a; memcpy(&a, ac + d, sizeof a); a *= inv; memcpy(x + d, &a, sizeof a);
+                }
+                to_bf16((uint16_t *)j->out + o, x, hs);
+                continue;
+            }
             for (long d = 0; d < hs; d++) {
                 const float x = (dot ? ac[d] : ac[2 * d] + ac[2 * d + 1]) * inv;
                 if (j->qbf16) ((uint16_t *)j->out)[o + d] = f2bf(x);

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 MARGIN = 1.1            # bf16 must beat fp32 by this factor to be chosen (timings are noisy)
-DECODE_ROWS = (64, 256)  # decode batches timed: one digit's candidates, and several digits'
+DECODE_ROWS = (64, 640)  # decode batches timed: one digit's candidates, and all ten digits'
 MAX_ROWS = 1024          # the most rows a decode batch may hold
 KV_BUDGET = 2 << 30      # ... and the most bytes its KV cache may take (less on a small machine)
 

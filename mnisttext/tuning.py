@@ -102,7 +102,7 @@ def rows_independent(model, rows: int = 256, pos: int = 8, int8: bool = False) -
 
 
 SAMPLER_DTYPES = ("fp32", "bf16", "int8")
-PLAN_VERSION = "|int8"   # plans measured before int8 sampling existed are measured again
+PLAN_VERSION = "|int8 640"   # plans measured before int8 sampling (and 640-row steps) are measured again
 WORKERS_MARGIN = 1.10    # torch's own threads must beat workers by this factor to be chosen
 
 

@@ -16,6 +16,7 @@ needs_int_mm = pytest.mark.skipif(not int8.int_mm_works(), reason="this torch ha
 needs_kernel = pytest.mark.skipif(int8.native() is None, reason="no C compiler or MNISTTEXT_NATIVE=0")
 pytestmark = needs_int_mm
 
+THREADS = torch.get_num_threads()
 NEW_RECIPE = dict(act="relu2", rope="1d", qk_norm=True, n_kv_head=1, zero_init_proj=False)
 
 
@@ -52,10 +53,17 @@ def test_the_kernel_equals_the_torch_ops(monkeypatch, bias):
     lin, mlp = nn.Linear(48, 40, bias=bias), tiny(act="relu2", bias=bias).transformer.h[0].mlp
     layers = [int8.Int8Linear(lin), int8.Int8MLP(mlp)]
     x = torch.randn(3, 7, 48).to(torch.bfloat16)
-    x2 = torch.randn(21, 64).to(torch.bfloat16)
+    x2 = torch.randn(100, 64).to(torch.bfloat16)          # enough rows for the kernel's threads
     native = [layers[0](x), layers[1](x2)]
+    with torch.inference_mode():
+        torch.set_num_threads(1)
+        try:
+            one_thread = layers[1](x2)
+        finally:
+            torch.set_num_threads(THREADS)
     torch_ops(monkeypatch)
     assert torch.equal(layers[0](x), native[0]) and torch.equal(layers[1](x2), native[1])
+    assert torch.equal(one_thread, native[1])
 
 
 def test_int8_layers_are_close_to_fp32():
