@@ -193,20 +193,20 @@ def _scale_torch(y, xs, ws, bias, act):
 
 def _weights(module, linear: nn.Linear, name: str) -> None:
     """linear's weight as int8 (K, N) with one scale per output feature, and its bias in fp32,
-    as buffers name_w, name_s, name_b of module."""
+    as plain attributes name_w, name_s, name_b of module (not buffers: a decode step reads them
+    hundreds of times, and nn.Module's attribute lookup is the slow path)."""
     q, s = quantize_rows(linear.weight.detach().float())                 # (N, K), (N,)
     b = linear.bias
-    module.register_buffer(f"{name}_w", q.t(), persistent=False)         # (K, N), column-major
-    module.register_buffer(f"{name}_s", s, persistent=False)
-    module.register_buffer(f"{name}_b", None if b is None else b.detach().float().contiguous(),
-                           persistent=False)
+    module.__dict__[f"{name}_w"] = q.t().contiguous()                     # (K, N)
+    module.__dict__[f"{name}_s"] = s
+    module.__dict__[f"{name}_b"] = None if b is None else b.detach().float().contiguous()
 
 
 def _norm(module, ln: nn.LayerNorm | None) -> None:
     """ln's gain, bias and eps (fp32) kept by module, which applies the norm to its input."""
     f = lambda t: None if t is None else t.detach().float().contiguous()
-    module.register_buffer("ln_w", None if ln is None else f(ln.weight), persistent=False)
-    module.register_buffer("ln_b", None if ln is None else f(ln.bias), persistent=False)
+    module.__dict__["ln_w"] = None if ln is None else f(ln.weight)
+    module.__dict__["ln_b"] = None if ln is None else f(ln.bias)
     module.eps = 0.0 if ln is None else float(ln.eps)
 
 

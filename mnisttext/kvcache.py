@@ -91,6 +91,7 @@ class KVCache:
         dtype = torch.int8 if int8 else self.compute_dtype
         self.chunked, self.int8, self._tail_zero = chunked, int8, False
         self.ks = self.vs = None
+        self._ptrs_key = None                # new buffers: _layer_ptrs works them out again
         if not chunked:
             shape = (L, batch_size, nkv, cap, hs)
             self.k = torch.empty(shape, device=like.device, dtype=dtype)
@@ -218,13 +219,9 @@ class KVCache:
                 pr = prep.pointers() if prep is not None else (None, None, 0.0, None, None)
                 kind = 2 if self.int8 else int(q.dtype == torch.bfloat16)
                 rc = fn(kind, int(q.dtype == torch.bfloat16), q.data_ptr(), q.stride(0),
-                                     q.stride(1), _ptr(kn), _ptr(vn), *_bh_strides(kn),
-                                     *_bh_strides(vn), self.k[layer].data_ptr(),
-                                     self.v[layer].data_ptr(),
-                                     _ptr(None if self.ks is None else self.ks[layer]),
-                                     _ptr(None if self.vs is None else self.vs[layer]),
-                                     out.data_ptr(), B, nh, nkv, hs, n, 1.0 / math.sqrt(hs),
-                                     torch.get_num_threads(), *pr)
+                        q.stride(1), _ptr(kn), _ptr(vn), *_bh_strides(kn), *_bh_strides(vn),
+                        *self._layer_ptrs(layer), out.data_ptr(), B, nh, nkv, hs, n,
+                        1.0 / math.sqrt(hs), torch.get_num_threads(), *pr)
                 if rc == 0:
                     return out
             if new is not None:
@@ -248,6 +245,17 @@ class KVCache:
                             kf.view(B * nkv, cap, hs).transpose(1, 2),
                             alpha=1.0 / math.sqrt(hs))                # (B*nkv, rep, cap)
         return torch.bmm(att.softmax(-1), vf.view(B * nkv, cap, hs)).view(B, nh, 1, hs)
+
+    def _layer_ptrs(self, layer: int) -> tuple:
+        """The kernel's pointers to layer `layer` of k, v and their int8 scales (None: none),
+        worked out once per buffer instead of four tensor views a call."""
+        key = (self.k.data_ptr(), self.v.data_ptr())
+        if getattr(self, "_ptrs_key", None) != key:
+            at = lambda t, i: None if t is None else t.data_ptr() + i * t.stride(0) * t.element_size()
+            self._ptrs = [tuple(at(t, i) for t in (self.k, self.v, self.ks, self.vs))
+                          for i in range(self.shape[0])]
+            self._ptrs_key = key
+        return self._ptrs[layer]
 
     def _like(self, batch_size: int) -> "KVCache":
         new = object.__new__(type(self))
