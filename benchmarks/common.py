@@ -38,6 +38,25 @@ def matmul_peak(dtype=torch.bfloat16, device="cpu", sizes=(1024, 2048), reps=5) 
     return best
 
 
+def int8_matmul_peak(sizes=(1024, 2048), reps=5) -> float:
+    """Best OP/s (2 per multiply-add) of square int8 matmuls (torch._int_mm, int32 sums) on
+    this CPU, measured now; 0 where this torch has none."""
+    best = 0.0
+    for n in sizes:
+        try:
+            a = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+            b = torch.randint(-127, 128, (n, n), dtype=torch.int8)
+            for _ in range(2):
+                torch._int_mm(a, b)
+        except (RuntimeError, AttributeError):
+            return 0.0
+        t = time.perf_counter()
+        for _ in range(reps):
+            torch._int_mm(a, b)
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t))
+    return best
+
+
 def cpu_name() -> str:
     """The CPU's model name, with its family/model numbers where /proc/cpuinfo has them (a
     virtual machine may report only "AMD EPYC")."""

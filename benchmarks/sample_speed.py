@@ -15,9 +15,9 @@ In one run, on this machine:
   contract holds and batching changes nothing;
 - the old release (git commit --old-commit, its own CLI in a subprocess from a temporary
   `git archive`), its "N digits in X s" line, --old-repeats times, interleaved with the above;
-- the FLOP floor, 2 x params x generated tokens over the best matmul peak of this run (fp32 or
-  bf16, whichever is faster here, square matmuls on all cores), the ratio to it, and the fraction
-  of that peak the decode achieves.
+- the FLOP floor, 2 x params x generated tokens over the best matmul peak of this run (fp32,
+  bf16 or, on a CPU, int8: whichever is fastest here, square matmuls on all cores), the ratio to
+  it, and the fraction of that peak the decode achieves.
 Timings are wall clock; every printed figure names the CPU (and the GPU with --device cuda, where
 the dtype is bf16 where the GPU has it and the peak is the GPU's). Results go to
 benchmarks/history.jsonl.
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, cpu_name, machine, matmul_peak, print_table, record, sync
+from common import ROOT, cpu_name, int8_matmul_peak, machine, matmul_peak, print_table, record, sync
 from mnisttext import checkpoint, kvcache, sample
 from mnisttext import tuning
 from mnisttext import tokenizer as tk
@@ -151,8 +151,11 @@ def timed_runs(a, job) -> tuple[list, dict, list, list]:
 def results(a, job, batched, single, old, no_cache) -> dict:
     plan = job.sampler.decode_plan
     med = statistics.median(batched)
-    # the machine's peak: square matmuls on all its cores (torch's threads) or the GPU, both dtypes
+    # the machine's peak: square matmuls on all its cores (torch's threads) or the GPU, each
+    # dtype (int8 on a CPU: the sampler's int8 linear layers); the floor takes the best of them
     peaks = {d: matmul_peak(dt, job.dev) for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    if not job.gpu:
+        peaks["int8"] = int8_matmul_peak()
     peak_dtype = max(peaks, key=peaks.get)
     n = job.model.num_params()
     steps = job.cfg.block_size - 1                  # tokens generated after the class digit
@@ -195,8 +198,9 @@ def table(a, res) -> list[tuple[str, object]]:
         ("batched lines == each digit alone", res["identical_batched_vs_alone"]),
         ("FLOP floor s (2 x params x 151 tokens a line / peak)", res["flop_floor_s"]),
         ("ratio to floor", res["ratio_to_floor"]),
-        (f"matmul peak TFLOP/s (fp32 / bf16, {a.device if res['gpu'] else f'{torch.get_num_threads()} threads'})",
-         f"{res['peak_tflops']['fp32']:.3f} / {res['peak_tflops']['bf16']:.3f}"),
+        (f"matmul peak TFLOP/s ({' / '.join(res['peak_tflops'])}, "
+         f"{a.device if res['gpu'] else f'{torch.get_num_threads()} threads'})",
+         " / ".join(f"{v:.3f}" for v in res["peak_tflops"].values())),
         (f"fraction of the {res['peak_dtype']} peak achieved", res["fraction_of_peak"]),
         (f"  counting only the {res['model_tokens_per_line']} tokens a line the model runs",
          res["fraction_of_peak_model_tokens"])]

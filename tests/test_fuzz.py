@@ -68,7 +68,7 @@ def flags(table: dict, required: dict | None = None, most: int = 3):
 
 
 MODEL_FLAGS = {"--temperature": FLOATS, "--top-k": SMALL, "--top-p": FLOATS, "--seed": SMALL,
-               "--device": DEVICES, "--dtype": pool(["auto", "fp32"], ["bf16", "fp16", ""])}
+               "--device": DEVICES, "--dtype": pool(["auto", "fp32", "int8"], ["bf16", "fp16", ""])}
 DECODE = flags({"--out": pool(GOOD_DIRS + GOOD_FILES, BAD_DIRS + BAD_FILES), "--grid": None,
                 "--cols": SMALL, "--scale": SMALL, "--limit": SMALL,
                 "--bpp": pool(["1"], ["2", "7"] + BAD_INTS), "--check": None})

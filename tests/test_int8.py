@@ -137,3 +137,30 @@ def test_int8_is_refused_where_it_cannot_run(monkeypatch):
     monkeypatch.setattr(tuning, "decode_plan", lambda *a, **k: {"choice": "fp32"})
     with pytest.raises(ValueError, match="no CPU int8 matmul"):
         prepare_for_sampling(tiny(), "int8")
+
+
+@needs_kernel
+def test_the_fused_layer_norm_is_close_to_torchs(monkeypatch):
+    """LayerNorm fused into the rounding: its sums run in another order than torch's, so a value
+    may land one step away; the layer's output stays within a few of those steps."""
+    block = tiny(act="relu2").transformer.h[0]
+    with torch.no_grad():
+        block.ln_2.weight.uniform_(0.5, 1.5), block.ln_2.bias.uniform_(-0.5, 0.5)
+    mlp = int8.Int8MLP(block.mlp, block.ln_2)
+    x = (torch.randn(80, 64) * 3 + 1).to(torch.bfloat16)
+    native = mlp(x).float()
+    torch_ops(monkeypatch)
+    ref = mlp(x).float()
+    assert (native - ref).norm() < 0.01 * ref.norm()
+    want = block.mlp(block.ln_2(x.float()))
+    assert (native - want).norm() < 0.05 * want.norm()
+
+
+def test_the_cli_and_the_api_sample_alike_in_int8(tmp_path, capsys):
+    import mnisttext
+    from conftest import run_cli
+    g = mnisttext.load(dtype="int8").generate(4, candidates=8, keep=3, seed=2)
+    assert all(l[0] == "4" and len(l) == 152 for l in g.lines)
+    rc = run_cli(["generate", "--digits", "4", "--candidates", "8", "--keep", "3", "--seed", "2",
+                  "--dtype", "int8", "--img-dir", tmp_path, "--print"])
+    assert rc == 0 and capsys.readouterr().out.splitlines() == g.best
