@@ -37,14 +37,7 @@ SOURCE = r"""
 #define ROWS_IN_PARALLEL
 #endif
 
-static inline uint16_t f2bf(float f) {          /* round to nearest even, as torch does */
-    union { uint32_t u; float f; } b; b.f = f;
-    uint32_t u = b.u;
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
+""" + kvcache.C_F2BF + r"""
 /* the row scale of max |x| (as bits, non-negative floats order as integers): 1 for zeros */
 static inline float row_scale(uint32_t mu) {
     float m; memcpy(&m, &mu, 4);
@@ -371,13 +364,7 @@ def native():
         if not _tried:
             lib = None
             if kvcache.native_attend() is not None and int_mm_works():   # honours MNISTTEXT_NATIVE
-                try:
-                    path = kvcache.build_native(source=SOURCE, stem="int8", flags=FLAGS)
-                    lib = _load(path) if path is not None else None
-                    if lib is not None and not _self_check(lib):
-                        lib = None
-                except OSError:
-                    lib = None
+                lib = kvcache.load_native(_load, _self_check, source=SOURCE, stem="int8", flags=FLAGS)
             _lib, _tried = lib, True
     return _lib
 

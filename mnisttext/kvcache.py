@@ -411,6 +411,17 @@ def unchunk(x: torch.Tensor, keys: bool) -> torch.Tensor:
 # products (the probabilities rounded to bf16, as torch's bf16 path rounds them); otherwise bf16
 # is widened to fp32. The output is rounded once. A row's result depends only on that row.
 
+# fp32 -> bf16 in C, shared with the int8 kernels (int8.py)
+C_F2BF = r"""
+static inline uint16_t f2bf(float f) {          /* round to nearest even, as torch does */
+    union { uint32_t u; float f; } b; b.f = f;
+    uint32_t u = b.u;
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+"""
+
 NATIVE_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
@@ -457,14 +468,7 @@ static inline vf load16(const void *base, long off, int kind) {
     return f;
 }
 static inline float bf2f(uint16_t x) { union { uint32_t u; float f; } b; b.u = (uint32_t)x << 16; return b.f; }
-static inline uint16_t f2bf(float f) {          /* round to nearest even, as torch does */
-    union { uint32_t u; float f; } b; b.f = f;
-    uint32_t u = b.u;
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-/* n (a multiple of 16) fp32 values -> bf16, rounded to nearest even (the instruction, where
+""" + C_F2BF + r"""/* n (a multiple of 16) fp32 values -> bf16, rounded to nearest even (the instruction, where
    there is one, treats denormals as zero) */
 static inline void to_bf16(uint16_t *dst, const float *src, long n) {
 #ifdef BF16DOT
@@ -949,6 +953,17 @@ def _self_check(fn) -> bool:
     return True
 
 
+def load_native(load, check, **build):
+    """A kernel built (build_native(**build)), loaded (load(path)) and checked (check(lib));
+    None where any of the three fails."""
+    try:
+        path = build_native(**build)
+        lib = load(path) if path is not None else None
+        return lib if lib is not None and check(lib) else None
+    except OSError:
+        return None
+
+
 def native_attend():
     """The native kernel (a ctypes function), built and checked once per process; None where
     it is unavailable or disabled (MNISTTEXT_NATIVE=0)."""
@@ -959,13 +974,7 @@ def native_attend():
         if not _native_tried:
             fn = None
             if os.environ.get("MNISTTEXT_NATIVE", "1") != "0":
-                try:
-                    lib = build_native()
-                    fn = _load(lib) if lib is not None else None
-                    if fn is not None and not _self_check(fn):
-                        fn = None
-                except OSError:
-                    fn = None
+                fn = load_native(_load, _self_check)
             _native_fn, _native_tried = fn, True
     return _native_fn
 
