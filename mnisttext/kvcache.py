@@ -91,7 +91,6 @@ class KVCache:
         dtype = torch.int8 if int8 else self.compute_dtype
         self.chunked, self.int8, self._tail_zero = chunked, int8, False
         self.ks = self.vs = None
-        self._ptrs_key = None                # new buffers: _layer_ptrs works them out again
         if not chunked:
             shape = (L, batch_size, nkv, cap, hs)
             self.k = torch.empty(shape, device=like.device, dtype=dtype)
@@ -249,12 +248,12 @@ class KVCache:
     def _layer_ptrs(self, layer: int) -> tuple:
         """The kernel's pointers to layer `layer` of k, v and their int8 scales (None: none),
         worked out once per buffer instead of four tensor views a call."""
-        key = (self.k.data_ptr(), self.v.data_ptr())
-        if getattr(self, "_ptrs_key", None) != key:
+        src = getattr(self, "_ptrs_of", None)            # the buffers they were worked out for
+        if src is None or src[0] is not self.k or src[1] is not self.v:
             at = lambda t, i: None if t is None else t.data_ptr() + i * t.stride(0) * t.element_size()
             self._ptrs = [tuple(at(t, i) for t in (self.k, self.v, self.ks, self.vs))
                           for i in range(self.shape[0])]
-            self._ptrs_key = key
+            self._ptrs_of = (self.k, self.v)
         return self._ptrs[layer]
 
     def _like(self, batch_size: int) -> "KVCache":
@@ -960,7 +959,7 @@ def load_native(load, check, **build):
         path = build_native(**build)
         lib = load(path) if path is not None else None
         return lib if lib is not None and check(lib) else None
-    except OSError:
+    except Exception:         # a kernel that does not build, load or pass its check is not used
         return None
 
 

@@ -17,7 +17,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .kvcache import KVCache
+from .kvcache import KVCache, native_attend
 from . import machine
 from .machine import (DECODE_ROWS, KV_BUDGET, MARGIN, MAX_ROWS, _best_time, _key,
                       _read_cache, _write_cache, cores, cpu_model)
@@ -179,11 +179,18 @@ def _ram() -> int:
         return 8 << 30
 
 
+def plan_key(model) -> str:
+    """The machine cache's key of this model's decode plan: the machine, the model's shapes, the
+    plan's version, and whether the native kernels run (without them the costs differ)."""
+    native = "" if native_attend() is not None else "|no native kernels"
+    return _key("decode", model_signature(model) + PLAN_VERSION + native)
+
+
 def decode_plan(model, build=None, refresh: bool = False) -> dict:
     """The decode plan for this model on this CPU (see measure_decode), measured at first use
     (about a second for the shipped model) and then read from the cache. build(dtype) makes the
     sampler of a dtype ('fp32', 'bf16'); packing.prepare_for_sampling passes its own."""
-    key = _key("decode", model_signature(model) + PLAN_VERSION)
+    key = plan_key(model)
     if not refresh and key in machine._memo:
         return machine._memo[key]
     entry = None if refresh else _read_cache().get(key)
@@ -203,6 +210,10 @@ def _forced_sampling() -> str | None:
     return forced if forced in SAMPLER_DTYPES else None
 
 
+def _by(forced) -> str:
+    return " (from MNISTTEXT_DTYPE)" if forced == "int8" else ""
+
+
 def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
     """The model to sample with, in eval mode, carrying its `decode_plan` (the dtype, the decode
     workers and threads, the keys' and values' storage, the rows per decode batch, whether rows
@@ -217,8 +228,8 @@ def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
         plan = decode_plan(model, build_sampler)
         choice = forced or (plan["choice"] if dtype == "auto" else dtype)
         if choice == "int8" and not int_mm_works():
-            raise ValueError("dtype 'int8': this build of torch has no CPU int8 matmul (torch._int_mm); "
-                             "use --dtype bf16 or fp32")
+            raise ValueError(f"dtype 'int8'{_by(forced)}: this build of torch has no exact CPU int8 "
+                             "matmul (torch._int_mm); use bf16 or fp32")
         entry = plan.get(choice, {})
         sampler = build_sampler(model, choice)
         sampler.decode_plan = {"dtype": choice, "workers": entry.get("workers", 1),
@@ -228,8 +239,8 @@ def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
                                "row_invariant": entry.get("row_invariant", False)}
         return sampler
     if "int8" in (dtype, forced):
-        raise ValueError(f"dtype 'int8' samples a GPT on a CPU only, not a {type(model).__name__} "
-                         f"on {device.type}: use --dtype bf16 or fp32")
+        raise ValueError(f"dtype 'int8'{_by(forced)} samples a GPT on a CPU only, not a "
+                         f"{type(model).__name__} on {device.type}: use bf16 or fp32")
     choice = forced or ("bf16" if use_bf16(device, dtype) else "fp32")
     sampler = build_sampler(model, choice)
     invariant = rows_independent(sampler) if isinstance(model, GPT) else False

@@ -120,7 +120,7 @@ def test_prepare_for_sampling_measures_once_and_attaches_the_plan(monkeypatch, m
     monkeypatch.setattr(tuning, "measure_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
     fast = prepare_for_sampling(model, "auto")
     assert {"dtype", "workers", "threads", "kv", "rows", "row_invariant"} <= set(fast.decode_plan)
-    key = machine._key("decode", tuning.model_signature(model) + tuning.PLAN_VERSION)
+    key = tuning.plan_key(model)
     assert json.loads(machine_cache.read_text())[key]["choice"] == fast.decode_plan["dtype"]
     assert prepare_for_sampling(model, "fp32").decode_plan["dtype"] == "fp32"
     assert prepare_for_sampling(model, "bf16").decode_plan["dtype"] == "bf16"
