@@ -405,6 +405,7 @@ function showProbs(p) {
 
 function padChanged() {
   $("draw").dataset.view = "pending";            // "ready" again once the numbers match the pad
+  view.seq++;                                     // an answer still on its way is for the old pad
   clearTimeout(view.timer);
   view.timer = setTimeout(analyze, 120);          // one request per pause, not per pointer event
 }
@@ -490,6 +491,8 @@ async function runComplete() {
 
 async function loadExample() {
   const digit = $("d-example-digit").value;
+  clearTimeout(view.timer);                       // the drawing being replaced: its numbers must
+  view.seq++;                                     // not arrive (nor say "ready") after this
   $("draw").dataset.view = "pending";
   try {
     if (!comp.examples[digit]) {
