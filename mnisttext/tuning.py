@@ -4,9 +4,9 @@
     fast = prepare_for_sampling(model, "auto")    # the dtype a measured decode step prefers here
     fast.decode_plan          # {'dtype', 'workers', 'threads', 'small', 'kv', 'rows', ...}
 
-On a CPU "auto" times decode steps of this model once per machine in fp32 and in bf16 (cached
-by machine.py), which also sets the decode threads, the keys' and values' storage and the rows
-per decode batch that the sampler uses (sample.sample_digits).
+On a CPU "auto" times decode steps of this model once per machine in fp32, bf16 and int8
+(int8.py; cached by machine.py), which also sets the decode threads, the keys' and values'
+storage and the rows per decode batch that the sampler uses (sample.sample_digits).
 """
 from __future__ import annotations
 
