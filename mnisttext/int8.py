@@ -193,22 +193,25 @@ def _scale_torch(y, xs, ws, bias, act):
     return v.relu().square() if act == "relu2" else v
 
 
+def _f32(t):
+    """A parameter as a plain contiguous fp32 tensor (None stays None)."""
+    return None if t is None else t.detach().float().contiguous()
+
+
 def _weights(module, linear: nn.Linear, name: str) -> None:
     """linear's weight as int8 (K, N) with one scale per output feature, and its bias in fp32,
     as plain attributes name_w, name_s, name_b of module (not buffers: a decode step reads them
     hundreds of times, and nn.Module's attribute lookup is the slow path)."""
-    q, s = quantize_rows(linear.weight.detach().float())                 # (N, K), (N,)
-    b = linear.bias
+    q, s = quantize_rows(_f32(linear.weight))                            # (N, K), (N,)
     module.__dict__[f"{name}_w"] = q.t().contiguous()                     # (K, N)
     module.__dict__[f"{name}_s"] = s
-    module.__dict__[f"{name}_b"] = None if b is None else b.detach().float().contiguous()
+    module.__dict__[f"{name}_b"] = _f32(linear.bias)
 
 
 def _norm(module, ln: nn.LayerNorm | None) -> None:
     """ln's gain, bias and eps (fp32) kept by module, which applies the norm to its input."""
-    f = lambda t: None if t is None else t.detach().float().contiguous()
-    module.__dict__["ln_w"] = None if ln is None else f(ln.weight)
-    module.__dict__["ln_b"] = None if ln is None else f(ln.bias)
+    module.__dict__["ln_w"] = None if ln is None else _f32(ln.weight)
+    module.__dict__["ln_b"] = None if ln is None else _f32(ln.bias)
     module.eps = 0.0 if ln is None else float(ln.eps)
 
 
@@ -258,11 +261,13 @@ def _quant(x2: torch.Tensor, layer=None):
         x2 = x2.to(torch.bfloat16).contiguous()
     M, K = x2.shape
     q, s = torch.empty((M, K), dtype=torch.int8), torch.empty(M, dtype=torch.float32)
+    threads = torch.get_num_threads()
     if ln:
         lib[3](x2.data_ptr(), M, K, x2.stride(0), layer.ln_w.data_ptr(),
-               None if layer.ln_b is None else layer.ln_b.data_ptr(), layer.eps, q.data_ptr(), s.data_ptr(), torch.get_num_threads())
+               None if layer.ln_b is None else layer.ln_b.data_ptr(), layer.eps,
+               q.data_ptr(), s.data_ptr(), threads)
     else:
-        lib[0](x2.data_ptr(), M, K, x2.stride(0), q.data_ptr(), s.data_ptr(), torch.get_num_threads())
+        lib[0](x2.data_ptr(), M, K, x2.stride(0), q.data_ptr(), s.data_ptr(), threads)
     return q, s
 
 

@@ -781,7 +781,7 @@ static inline __attribute__((always_inline)) void kern(job_t *j, const int kind,
                 continue;
             }
             for (long d = 0; d < hs; d++) {
-                const float x = (dot ? ac[d] : ac[2 * d] + ac[2 * d + 1]) * inv;
+                const float x = (ac[2 * d] + ac[2 * d + 1]) * inv;   /* (dot: above) */
                 if (j->qbf16) ((uint16_t *)j->out)[o + d] = f2bf(x);
                 else ((float *)j->out)[o + d] = x;
             }

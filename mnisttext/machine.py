@@ -76,9 +76,10 @@ def _write_cache(key: str, entry: dict) -> None:
         pass      # a read-only home only costs a re-measurement next time
 
 
-def _forced() -> str | None:
+def _forced(choices=("bf16", "fp32")) -> str | None:
+    """MNISTTEXT_DTYPE where it names one of `choices` (training's, or the sampler's)."""
     forced = os.environ.get("MNISTTEXT_DTYPE", "").lower()
-    return forced if forced in ("bf16", "fp32") else None
+    return forced if forced in choices else None
 
 
 def _best_time(fn, reps: int = 2) -> float:

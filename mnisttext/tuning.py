@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from .kvcache import KVCache, native_attend
 from . import machine
-from .machine import (DECODE_ROWS, KV_BUDGET, MARGIN, MAX_ROWS, _best_time, _key,
+from .machine import (DECODE_ROWS, KV_BUDGET, MARGIN, MAX_ROWS, _best_time, _forced, _key,
                       _read_cache, _write_cache, cores, cpu_model)
 from .model import GPT
 from .packing import build_sampler
@@ -204,12 +204,6 @@ def decode_plan(model, build=None, refresh: bool = False) -> dict:
     return entry
 
 
-def _forced_sampling() -> str | None:
-    """MNISTTEXT_DTYPE=fp32|bf16|int8: the sampler's dtype, whatever the plan or the flag says."""
-    forced = os.environ.get("MNISTTEXT_DTYPE", "").lower()
-    return forced if forced in SAMPLER_DTYPES else None
-
-
 def _by(forced) -> str:
     return " (from MNISTTEXT_DTYPE)" if forced == "int8" else ""
 
@@ -223,7 +217,7 @@ def prepare_for_sampling(model: nn.Module, dtype: str = "auto") -> nn.Module:
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     device = next(model.parameters()).device
-    forced = _forced_sampling()
+    forced = _forced(SAMPLER_DTYPES)          # MNISTTEXT_DTYPE: over the plan and the flag
     if device.type == "cpu" and isinstance(model, GPT):
         plan = decode_plan(model, build_sampler)
         choice = forced or (plan["choice"] if dtype == "auto" else dtype)
