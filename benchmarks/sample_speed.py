@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, cpu_name, int8_matmul_peak, machine, matmul_peak, print_table, record, sync
+from common import ROOT, cpu_name, machine, matmul_peak, print_table, record, sync
 from mnisttext import checkpoint, kvcache, sample
 from mnisttext import tuning
 from mnisttext import tokenizer as tk
@@ -155,7 +155,7 @@ def results(a, job, batched, single, old, no_cache) -> dict:
     # dtype (int8 on a CPU: the sampler's int8 linear layers); the floor takes the best of them
     peaks = {d: matmul_peak(dt, job.dev) for d, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     if not job.gpu:
-        peaks["int8"] = int8_matmul_peak()
+        peaks["int8"] = matmul_peak(torch.int8, job.dev)
     peak_dtype = max(peaks, key=peaks.get)
     n = job.model.num_params()
     steps = job.cfg.block_size - 1                  # tokens generated after the class digit
