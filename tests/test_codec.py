@@ -63,6 +63,9 @@ def test_padding_bits_are_zero_in_every_image_and_cover_the_padding(images, bpp)
     mask = codec.padding_bits(bpp)
     assert mask.shape == (codec.n_symbols(bpp),)
     assert not (codec.levels_to_symbols(codec.quantize(images, bpp), bpp) & mask).any()
+    top = np.full((1, 30, 30), (1 << bpp) - 1, dtype=np.uint8)
+    top[:, 1:-1, 1:-1] = 0                     # only the padding at its highest level
+    np.testing.assert_array_equal(codec.levels_to_symbols(top, bpp)[0], mask)
 
 
 def test_padding_bits_by_hand():
