@@ -69,7 +69,8 @@ def _allowed(body, sym_len, remaining, ended, rows, padding):
 
 def _check_prefix(prefix, sym_len, n_sym) -> int:
     body = sym_len > 0
-    if not prefix or not 0 <= prefix[0] <= 9 or not all(body[i] for i in prefix[1:]):
+    if not prefix or not 0 <= prefix[0] <= 9 or not all(
+            0 <= i < len(body) and body[i] for i in prefix[1:]):
         raise ValueError("prefix must be a class digit followed by body tokens")
     given = int(sym_len[prefix[1:]].sum())
     if given >= n_sym:

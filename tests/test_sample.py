@@ -82,6 +82,12 @@ def test_prefix_is_kept():
     assert (out[:, :21] == torch.tensor(prefix)).all()
 
 
+@pytest.mark.parametrize("bad", [[2, 10_000], [2, -1], [2, 3], [], [10]])
+def test_a_prefix_of_unknown_or_non_body_ids_is_refused_in_one_line(bad):
+    with pytest.raises(ValueError, match="prefix must be a class digit"):
+        sample.generate(tiny(), bad, 2, sample.make_generator(0), sample.SampleSettings())
+
+
 def test_sample_next_token_greedy_topk_topp():
     g = torch.Generator().manual_seed(0)
     logits = torch.tensor([[0.0, 1.0, 3.0, 2.0]]).expand(2000, -1)
