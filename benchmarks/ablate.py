@@ -88,6 +88,13 @@ RUNS = [
      dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon", "--muon-lr", "0.04"]),
     ("muon_lr01", "new_muon with the Muon matrices' peak lr at 0.01 (half new_muon's)",
      dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon", "--muon-lr", "0.01"]),
+    # shift augmentation (Distribution Augmentation): needs a trainer copy with --shift-aug,
+    # measured against new_muon again with that copy (muon_ref)
+    ("muon_ref", "new_muon again, trained by the trainer copy with --shift-aug (the reference of "
+     "muon_shift)", dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon"]),
+    ("muon_shift", "new_muon with shift augmentation: each epoch half the lines moved by up to 2 "
+     "pixels, the model told which shift (24 embeddings)", dict(without("conv_kernel"), n_kv_head=1),
+     ["--optimizer", "muon", "--shift-aug", "0.5"]),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),
@@ -277,6 +284,12 @@ def report() -> None:
             good, bad = ("better: keep", "worse: drop") if name in ADDED else ("drop the part", "keep the part")
             verdict = f"{dn:+.2f} vs {'new_ref' if ref == 'new_ref' else 'new recipe'}: " + (
                 good if dn <= -NOISE else bad if dn >= NOISE else "within noise")
+        elif name == "muon_ref" and "new_muon" in res:
+            verdict = f"{r['test_nll_nats'] - res['new_muon']['test_nll_nats']:+.2f} vs new_muon's run"
+        elif name.startswith("muon_shift") and "muon_ref" in res:
+            dm = r["test_nll_nats"] - res["muon_ref"]["test_nll_nats"]
+            verdict = f"{dm:+.2f} vs muon_ref: " + ("better: keep" if dm <= -NOISE else "worse: drop"
+                                                    if dm >= NOISE else "within noise")
         elif name.startswith("muon_") and "new_muon" in res:
             dm = r["test_nll_nats"] - res["new_muon"]["test_nll_nats"]
             verdict = f"{dm:+.2f} vs new_muon: " + ("better" if dm <= -NOISE else "worse" if dm >= NOISE

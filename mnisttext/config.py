@@ -80,6 +80,11 @@ class TrainConfig:
                       choices=("mnist", "fashion-mnist", "kmnist"))
     train_limit: int | None = _f(None, "use only the first N training lines (default: all)",
                                  "data", lo=1, per_recipe=True)
+    shift_aug: float = _f(0.0, "share of the training lines shifted each epoch by up to "
+                          "--shift-max pixels, the model told which shift (distribution "
+                          "augmentation; 0 = off)", "data", lo=0, hi=1)
+    shift_max: int = _f(2, "the largest shift of --shift-aug, in pixels, in each direction",
+                        "data", lo=1, hi=4)
     # the schedule
     epochs: float = _f(1.0, "passes over the training lines", "schedule", above=0, per_recipe=True)
     max_steps: int | None = _f(None, "stop after this many optimizer steps (default: --epochs "
@@ -220,12 +225,36 @@ def model_fields() -> list[dict]:
     return out
 
 
+def n_shifts(shift_max: int) -> int:
+    """How many shifts --shift-aug draws from: every (dy, dx) within shift_max but (0, 0)."""
+    return (2 * shift_max + 1) ** 2 - 1
+
+
 def model_config(cfg: TrainConfig, vocab_size: int = 76, block_size: int | None = None) -> GPTConfig:
-    """The GPTConfig of cfg: its preset, then its model fields."""
+    """The GPTConfig of cfg: its preset, then its model fields; with --shift-aug, one
+    augmentation embedding per shift unless the model fields say how many."""
     base = {**PRESETS[cfg.preset], **cfg.model}
+    if cfg.shift_aug and "aug_embed" not in cfg.model:
+        base["aug_embed"] = n_shifts(cfg.shift_max)
     if block_size is not None:
         base["block_size"] = block_size
+    if cfg.shift_aug:
+        check_shift_aug(cfg, base)
     return GPTConfig(**{**base, "vocab_size": vocab_size})
+
+
+def check_shift_aug(cfg: TrainConfig, model: dict) -> None:
+    """--shift-aug against the data and the model's fields, before the model is built."""
+    if cfg.binarize != "threshold":
+        raise ConfigError("shift_aug: shifts the corpus's lines; --binarize dynamic draws its "
+                          "own: use one or the other")
+    if model.get("arch", "gpt") != "gpt":
+        raise ConfigError("shift_aug: the gru has no augmentation embeddings; use --arch gpt")
+    need, have = n_shifts(cfg.shift_max), model.get("aug_embed", 0)
+    if not isinstance(have, int) or have < need:
+        raise ConfigError(f"shift_aug: --shift-max {cfg.shift_max} draws from {need} shifts, and "
+                          f"the model has {have!r} augmentation embeddings (aug_embed); "
+                          f"a model trained without --shift-aug cannot take it")
 
 
 def model_dict(config: GPTConfig) -> dict:
@@ -239,7 +268,7 @@ def model_dict(config: GPTConfig) -> dict:
 # what a resumed run keeps from its own record whatever the flags say: the model, the data, the
 # schedule (data order and LR are functions of them), and the images that pick best/
 KEPT_ON_RESUME = ("recipe", "preset", "model", "tokenizer", "bpe_vocab", "binarize", "dataset",
-                  "train_limit", "epochs", "max_steps", "minutes", "clock", "optimizer", "lr",
+                  "train_limit", "shift_aug", "shift_max", "epochs", "max_steps", "minutes", "clock", "optimizer", "lr",
                   "min_lr_frac", "schedule", "warmup_steps", "weight_decay", "grad_clip", "seed",
                   "eval_images", "init_from")
 FIXED_BY_INIT = ("preset", "tokenizer", "bpe_vocab")     # and every model field

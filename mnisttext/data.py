@@ -326,6 +326,37 @@ def dynamic_epoch_lines(images: np.ndarray, labels: np.ndarray, seed: int, epoch
     return codec.encode_bytes(bits, labels, 1).decode("ascii").splitlines()
 
 
+def shifts(max_shift: int) -> list[tuple[int, int]]:
+    """The shifts (dy, dx) of --shift-aug; augmentation id k > 0 is shifts(max_shift)[k - 1]."""
+    r = range(-max_shift, max_shift + 1)
+    return [(dy, dx) for dy in r for dx in r if (dy, dx) != (0, 0)]
+
+
+def shift_images(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(N, H, W) images moved down by dy and right by dx; what enters is zeros, what leaves is lost."""
+    out = np.zeros_like(images)
+    H, W = images.shape[1:]
+    out[:, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
+        images[:, max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
+    return out
+
+
+def shifted_epoch_lines(lines: list[str], share: float, max_shift: int, seed: int,
+                        epoch: int) -> tuple[list[str], np.ndarray]:
+    """(lines, augmentation ids) of one epoch under --shift-aug: each line's image moved by a
+    shift drawn uniformly from shifts(max_shift) with probability `share` (id 0: unmoved). The
+    same draw for the same (seed, epoch), so a resumed run sees what it would have seen."""
+    labels, levels = codec.decode_batch(lines)
+    images = levels[:, 1:-1, 1:-1] * np.uint8(255)          # (N, 28, 28): the 1-pixel frame off
+    rng = np.random.default_rng([seed, 2000 + epoch])
+    moved = rng.random(len(lines)) < share
+    ids = np.where(moved, rng.integers(1, len(shifts(max_shift)) + 1, len(lines)), 0)
+    for k, (dy, dx) in enumerate(shifts(max_shift), start=1):
+        rows = np.flatnonzero(ids == k)
+        images[rows] = shift_images(images[rows], dy, dx)
+    return codec.encode_bytes(images, labels, 1).decode("ascii").splitlines(), ids
+
+
 def load_split(corpus_dir, split: str, tok, limit: int | None = None) -> np.ndarray:
     """corpus_dir/<split>.txt -> (N, L) token ids via the tokenizer (see tokenizer.encode_corpus)."""
     return tk.encode_corpus(tok, read_split(corpus_dir, split, limit))

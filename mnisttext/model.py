@@ -57,6 +57,7 @@ class GPTConfig:
     value_embed: bool = False  # a per-layer embedding of the token added to the values (zero at start)
     unet: bool = False         # the first half's block outputs added to the second half's inputs
                                # in mirror order, each with a learned weight (zero at start)
+    aug_embed: int = 0         # >0: embeddings of that many augmentations (--shift-aug), zero at start
 
     def __post_init__(self):
         ints = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
@@ -80,7 +81,7 @@ class GPTConfig:
             raise ConfigError(f"rope: expected one of {', '.join(ROPES)}, got {self.rope!r}")
         if self.act not in ACTS:
             raise ConfigError(f"act: expected one of {', '.join(ACTS)}, got {self.act!r}")
-        for name in ("conv_kernel", "n_kv_head"):
+        for name in ("conv_kernel", "n_kv_head", "aug_embed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name}: expected an integer >= 0, got {v!r}")
@@ -93,9 +94,11 @@ class GPTConfig:
                               f"multiple of 4")
         if self.arch == "gru" and (self.rope != "none" or self.qk_norm or self.act != "gelu"
                                    or self.conv_kernel or self.n_kv_head or not self.wpe
-                                   or self.zero_init_proj or self.value_embed or self.unet):
+                                   or self.zero_init_proj or self.value_embed or self.unet
+                                   or self.aug_embed):
             raise ConfigError("arch: the gru has none of the GPT options (rope, qk_norm, act, "
-                              "conv_kernel, n_kv_head, wpe, zero_init_proj, value_embed, unet)")
+                              "conv_kernel, n_kv_head, wpe, zero_init_proj, value_embed, unet, "
+                              "aug_embed)")
         if self.vocab_size < 76:
             raise ConfigError(f"vocab_size: {self.vocab_size} is smaller than the 76 character tokens")
         if self.block_size < 3:
@@ -110,7 +113,8 @@ class GPTConfig:
             return self.n_layer * 6 * C * C + 2 * self.vocab_size * C
         kv = self.kv_heads * (C // self.n_head)
         ve = self.n_layer * self.vocab_size * kv if self.value_embed else 0
-        return self.n_layer * (10 * C * C + 2 * C * kv) + (self.vocab_size + self.block_size) * C + ve
+        return (self.n_layer * (10 * C * C + 2 * C * kv) + ve
+                + (self.vocab_size + self.block_size + self.aug_embed) * C)
 
     @property
     def kv_heads(self) -> int:
@@ -119,7 +123,7 @@ class GPTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
         """From config.json. Configs saved before `gelu` existed used tanh; "none" is the old
-        name of "exact". Fields added later (wpe ... unet) default to the model as it was."""
+        name of "exact". Fields added later (wpe ... aug_embed) default to the model as it was."""
         if not isinstance(d, dict):
             raise ConfigError("expected a JSON object")
         unknown = set(d) - {f.name for f in fields(cls)}
@@ -390,6 +394,20 @@ class GPT(nn.Module):
                 nn.init.zeros_(e.weight)
         if config.unet:
             self.skip_weights = nn.Parameter(torch.zeros(config.n_layer // 2))
+        if config.aug_embed:
+            self.aug_embeds = nn.Embedding(config.aug_embed, config.n_embd)
+            nn.init.zeros_(self.aug_embeds.weight)
+
+    def augmentation(self, aug: torch.Tensor) -> torch.Tensor:
+        """(B,) ids -> (B, C): zeros for id 0, the (id - 1)-th embedding otherwise."""
+        n = self.config.aug_embed
+        if bool(((aug < 0) | (aug > n)).any()):
+            raise ValueError(f"augmentation ids must be in 0..{n} (aug_embed), got "
+                             f"{aug.min().item()}..{aug.max().item()}")
+        if not n:
+            return torch.zeros(len(aug), self.config.n_embd, device=aug.device)
+        e = self.aug_embeds((aug - 1).clamp(min=0))                    # (B, C)
+        return e * (aug > 0).unsqueeze(1).to(e.dtype)
 
     @staticmethod
     def _init_weights(m):
@@ -411,11 +429,12 @@ class GPT(nn.Module):
         cls = CanonKVCache if c.conv_kernel else KVCache
         return cls(c.n_layer, batch_size, c.kv_heads, c.block_size, c.n_embd // c.n_head)
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, aug=None):
         """idx (B, T) token ids -> logits (B, T, V); loss = mean CE over targets (-1 = ignore).
 
         With kv_cache, idx holds the next T tokens after the cache's `pos` ones; the cache is
-        advanced by T."""
+        advanced by T. aug (B,) augmentation ids (training with --shift-aug): 0 = the line as
+        it is, k > 0 adds the k-th augmentation embedding at every position."""
         B, T = idx.shape
         p0 = kv_cache.pos if kv_cache is not None else 0
         if p0 + T > self.config.block_size:
@@ -425,6 +444,8 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(torch.arange(p0, p0 + T, device=idx.device))
         if self.config.bit_embed:
             x = x + self.bit_proj(self.symbol_bits[idx])                # (B, T, C)
+        if aug is not None:
+            x = x + self.augmentation(aug)[:, None, :]                  # (B, 1, C)
         rope = None
         if self.config.rope != "none":
             dt = self.transformer.wte.weight.dtype          # cast once here, not in every layer

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from . import checkpoint, data, metrics, paths, render, runtime
+from . import checkpoint, codec, data, metrics, paths, render, runtime
 from . import config as configs
 from . import tokenizer as tk
 from .checkpoint import CheckpointError, RunDirError
@@ -87,21 +87,23 @@ def make_optimizer(model, cfg):
     return torch.optim.AdamW(groups, lr=_get(cfg, "lr"), betas=(0.9, 0.95), **fused)
 
 
-def train_step(fwd_model, model, opt, inputs, targets, cfg, device) -> torch.Tensor:
+def train_step(fwd_model, model, opt, inputs, targets, cfg, device, aug=None) -> torch.Tensor:
     """One optimizer step on this rank's lines, run as cfg.grad_accum micro-batches.
 
     The gradient is the whole batch's: each micro-batch's mean loss is weighted by its share of
     the targets. Under DDP the gradients are all-reduced once, after the last micro-batch.
-    Micro-batches hold fewer activations at once (they save memory, not time).
+    Micro-batches hold fewer activations at once (they save memory, not time). aug: the
+    lines' augmentation ids (--shift-aug) or None.
     Returns the batch's mean loss (detached)."""
     parts = min(_get(cfg, "grad_accum") or 1, len(inputs))
     n_targets = (targets != -1).sum()
     ddp = isinstance(fwd_model, torch.nn.parallel.DistributedDataParallel)
     total = torch.zeros((), device=inputs.device)
-    for i, (x, y) in enumerate(zip(inputs.tensor_split(parts), targets.tensor_split(parts))):
+    augs = aug.tensor_split(parts) if aug is not None else [None] * parts
+    for i, (x, y, a) in enumerate(zip(inputs.tensor_split(parts), targets.tensor_split(parts), augs)):
         with fwd_model.no_sync() if ddp and i < parts - 1 else contextlib.nullcontext():
             with runtime.autocast(device, _get(cfg, "dtype", "auto")):
-                _, loss = fwd_model(x, y)
+                _, loss = fwd_model(x, y) if a is None else fwd_model(x, y, aug=a)
             share = (y != -1).sum() / n_targets
             (loss * share).backward()
         total += loss.detach() * share
@@ -407,6 +409,8 @@ class Run:
     test_tokens: torch.Tensor
     images: object = None           # --binarize dynamic: the MNIST images, redrawn every epoch
     labels: object = None
+    train_lines: list | None = None # --shift-aug: the corpus's lines, shifted anew every epoch
+    aug: torch.Tensor | None = None # --shift-aug: each training line's augmentation id
     encoded_epoch: int = 0
     saved_step: int | None = None   # the step last/ holds
     lock: checkpoint.RunLock | None = None
@@ -533,6 +537,10 @@ def load_lines(cfg: TrainConfig):
         train_lines = data.dynamic_epoch_lines(images, labels, cfg.seed, 0)
     else:
         train_lines = data.read_split(cfg.corpus, "train", cfg.train_limit)
+    if cfg.shift_aug and len(train_lines[0]) != codec.line_length(1):
+        raise data.DataError(f"{cfg.corpus}: --shift-aug moves pixels of 1-bit lines "
+                             f"({codec.line_length(1)} characters); these have "
+                             f"{len(train_lines[0])}")
     if len(train_lines[0]) != len(test_lines[0]):
         raise data.DataError(f"{cfg.corpus}: train lines have {len(train_lines[0])} characters, "
                              f"test lines {len(test_lines[0])}")
@@ -605,7 +613,7 @@ def prepare_run(plan: Plan, dd: Dist, reporter, clock: Callable, started: float)
             torch.backends.cuda.matmul.allow_tf32 = True
         train_lines, test_lines, images, labels = load_lines(cfg)
         tok = make_tokenizer(plan, train_lines, dd)
-        train_tokens = torch.from_numpy(tk.encode_corpus(tok, train_lines))
+        train_tokens, aug = epoch_tokens(cfg, tok, train_lines, images, labels, 0)
         test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
         config, model, opt, state = build_trainer(plan, tok, len(train_lines[0]), dd)
         n, B = len(train_tokens), cfg.batch_size
@@ -628,28 +636,43 @@ def prepare_run(plan: Plan, dd: Dist, reporter, clock: Callable, started: float)
         raise
     return Run(cfg, dd, clock, started, state.elapsed, tok, config, model, fwd_model, opt, state,
                train_tokens, test_tokens, images, labels,
+               train_lines=train_lines if cfg.shift_aug else None, aug=aug,
                saved_step=state.step if plan.last else None, lock=lock)
 
 
 # ---------------------------------------------------------------------------------------------
 # fit and finish
 
-def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's share of the step's lines: (tokens, real-token mask)."""
+def epoch_tokens(cfg: TrainConfig, tok, train_lines, images, labels, epoch: int):
+    """(tokens (N, L), augmentation ids (N,) or None) of one epoch's training lines: the
+    corpus's, or redrawn (--binarize dynamic), or some of them shifted (--shift-aug)."""
+    aug = None
+    if images is not None:
+        train_lines = data.dynamic_epoch_lines(images, labels, cfg.seed, epoch)
+    elif cfg.shift_aug:
+        train_lines, ids = data.shifted_epoch_lines(train_lines, cfg.shift_aug, cfg.shift_max,
+                                                    cfg.seed, epoch)
+        aug = torch.from_numpy(ids)
+    return torch.from_numpy(tk.encode_corpus(tok, train_lines)), aug
+
+
+def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """This rank's share of the step's lines: (tokens, real-token mask, augmentation ids)."""
     cfg, B = run.cfg, run.cfg.batch_size
     epoch, k = divmod(run.state.step, run.steps_per_epoch)
-    if run.images is not None and epoch != run.encoded_epoch:   # --binarize dynamic: redraw
-        lines = data.dynamic_epoch_lines(run.images, run.labels, cfg.seed, epoch)
-        run.train_tokens = torch.from_numpy(tk.encode_corpus(run.tok, lines))
+    if (run.images is not None or run.aug is not None) and epoch != run.encoded_epoch:
+        run.train_tokens, run.aug = epoch_tokens(cfg, run.tok, run.train_lines, run.images,
+                                                 run.labels, epoch)
         run.encoded_epoch = epoch
     idx = epoch_order(cfg.seed, epoch, len(run.train_tokens))[k * B:(k + 1) * B]
-    batch = run.train_tokens[idx[run.dd.rank::run.dd.world]].to(run.dd.device, torch.long,
-                                                                 non_blocking=True)
+    mine = idx[run.dd.rank::run.dd.world]
+    batch = run.train_tokens[mine].to(run.dd.device, torch.long, non_blocking=True)
+    aug = run.aug[mine].to(run.dd.device, torch.long) if run.aug is not None else None
     real = batch != tk.PAD_ID
     if not real.all():      # BPE lines: trim to this batch's longest, ignore the padding
         batch = batch[:, :int(real.sum(1).max())]
         real = real[:, :batch.shape[1]]
-    return batch, real
+    return batch, real, aug
 
 
 def one_step(run: Run) -> tuple[float, float, int]:
@@ -657,12 +680,13 @@ def one_step(run: Run) -> tuple[float, float, int]:
     averaged over the ranks, so every rank takes the same decisions (stop, evaluate)."""
     st, dd = run.state, run.dd
     t0 = run.clock()
-    batch, real = next_batch(run)
+    batch, real, aug = next_batch(run)
     targets = batch[:, 1:].masked_fill(~real[:, 1:], -1)
     lr = lr_at(run.cfg, st.step, run.progress())
     for g in run.opt.param_groups:
         g["lr"] = lr
-    loss = train_step(run.fwd_model, run.model, run.opt, batch[:, :-1], targets, run.cfg, dd.device)
+    loss = train_step(run.fwd_model, run.model, run.opt, batch[:, :-1], targets, run.cfg,
+                      dd.device, aug)
     if dd.device.type == "cuda":
         torch.cuda.synchronize()
     shared = torch.tensor([loss.item(), run.clock() - t0, run.now()], dtype=torch.float64,

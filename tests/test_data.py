@@ -5,6 +5,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnisttext import cli, codec, data
 from mnisttext.cli import data_cmds
@@ -206,3 +208,47 @@ def test_tokenizer_check_refuses_other_vocabularies(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps(t))
     with pytest.raises(ValueError, match="tokenizer.json: token 7 is '8'"):
         tk.load(tmp_path / "tokenizer.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# --shift-aug: shifted lines
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-3, 3), st.integers(-3, 3), st.integers(0, 2**32 - 1))
+def test_a_shift_moves_every_pixel_and_back_again_inside_the_frame(dy, dx, seed):
+    img = np.random.default_rng(seed).integers(0, 2, (2, 28, 28)).astype(np.uint8)
+    out = data.shift_images(img, dy, dx)
+    for y, x in [(y, x) for y in range(28) for x in range(28)]:
+        src = (y - dy, x - dx)
+        want = img[:, src[0], src[1]] if 0 <= src[0] < 28 and 0 <= src[1] < 28 else 0
+        assert (out[:, y, x] == want).all()
+    back = data.shift_images(out, -dy, -dx)                 # what stayed inside comes back
+    inner = np.s_[:, max(-dy, 0):28 + min(-dy, 0), max(-dx, 0):28 + min(-dx, 0)]
+    assert (back[inner] == img[inner]).all()
+
+
+def test_shifted_epoch_lines_move_the_drawn_share_by_their_ids_and_repeat_per_seed():
+    from mnisttext.config import n_shifts
+    lines = data.read_split(CORPUS, "test", limit=400)
+    assert len(data.shifts(2)) == n_shifts(2) == 24 and (0, 0) not in data.shifts(2)
+    out, ids = data.shifted_epoch_lines(lines, 0.5, 2, seed=1, epoch=3)
+    again, ids2 = data.shifted_epoch_lines(lines, 0.5, 2, seed=1, epoch=3)
+    other, ids3 = data.shifted_epoch_lines(lines, 0.5, 2, seed=1, epoch=4)
+    assert out == again and (ids == ids2).all() and not (ids == ids3).all()
+    assert 150 < (ids > 0).sum() < 250 and ids.max() <= 24 and set(np.unique(ids)) > {0, 1, 24}
+    labels, levels = codec.decode_batch(lines)
+    got_labels, got = codec.decode_batch(out)              # well-formed lines, labels kept
+    assert (got_labels == labels).all()
+    for i in range(len(lines)):
+        want = levels[i]
+        if ids[i]:
+            dy, dx = data.shifts(2)[ids[i] - 1]
+            want = levels[i].copy()
+            want[1:-1, 1:-1] = data.shift_images(levels[i][None, 1:-1, 1:-1], dy, dx)[0]
+        assert (got[i] == want).all(), i
+    assert (got[:, 0] == 0).all() and (got[:, :, -1] == 0).all()       # the frame stays empty
+    none, ids0 = data.shifted_epoch_lines(lines, 0.0, 2, seed=1, epoch=3)
+    assert none == lines and not ids0.any()
+    _, all_ids = data.shifted_epoch_lines(lines, 1.0, 1, seed=1, epoch=3)
+    assert all_ids.min() == 1 and all_ids.max() == 8

@@ -132,6 +132,7 @@ OPTIONS = {
     "gqa": dict(n_kv_head=1),
     "all": dict(rope="1d", qk_norm=True, act="relu2", conv_kernel=6, zero_init_proj=True, n_kv_head=1),
     "value_embed": dict(value_embed=True), "unet": dict(unet=True),
+    "aug_embed": dict(aug_embed=3, rope="1d", n_kv_head=1),
     "new_recipe_ve_unet": dict(rope="1d", qk_norm=True, act="relu2", zero_init_proj=True, n_kv_head=1,
                                value_embed=True, unet=True),
 }
@@ -143,7 +144,7 @@ def optioned(opts, seed=0, perturb=True):
     if perturb:      # zero-initialised weights (canon layers, projections) would hide mistakes
         with torch.no_grad():
             for n, p in model.named_parameters():
-                if "canon" in n or "c_proj" in n or "norm" in n or "value_embeds" in n or "skip" in n:
+                if any(k in n for k in ("canon", "c_proj", "norm", "value_embeds", "skip", "aug_embeds")):
                     p.add_(0.3 * torch.randn_like(p))
     return model
 
@@ -180,7 +181,8 @@ def test_options_train_and_causal(name):
     """A loss with gradients everywhere, and no position sees the future."""
     model = optioned(OPTIONS[name]).train()
     idx = torch.randint(0, 76, (2, 40))
-    _, loss = model(idx[:, :-1], idx[:, 1:])
+    aug = dict(aug=torch.tensor([0, 2])) if model.config.aug_embed else {}
+    _, loss = model(idx[:, :-1], idx[:, 1:], **aug)
     loss.backward()
     for n, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
@@ -196,7 +198,7 @@ def test_new_fields_default_to_the_old_model():
     parameters, in the same order, with the same initial values for the same seed."""
     d = GPTConfig(**PRESETS["tiny"]).to_dict()
     new_keys = ("wpe", "rope", "qk_norm", "act", "conv_kernel", "conv_at", "zero_init_proj", "n_kv_head",
-                "value_embed", "unet")
+                "value_embed", "unet", "aug_embed")
     old = {k: v for k, v in d.items() if k not in new_keys}
     cfg = GPTConfig.from_dict(old)
     assert (cfg.wpe, cfg.rope, cfg.qk_norm, cfg.act, cfg.conv_kernel, cfg.zero_init_proj,
@@ -220,7 +222,8 @@ def test_canon_layers_start_as_the_identity_and_zero_init_zeroes_the_projections
     assert all(not p.any() for n, p in z.named_parameters() if n.endswith("c_proj.weight"))
 
 
-@pytest.mark.parametrize("opts", [dict(value_embed=True), dict(unet=True), dict(n_layer=3, unet=True)])
+@pytest.mark.parametrize("opts", [dict(value_embed=True), dict(unet=True), dict(n_layer=3, unet=True),
+                                  dict(aug_embed=24)])
 def test_value_embeds_and_unet_skips_start_as_the_plain_model(opts):
     """Zero at start, made after every other weight: the same seed gives the plain model's
     weights and outputs."""
@@ -230,8 +233,25 @@ def test_value_embeds_and_unet_skips_start_as_the_plain_model(opts):
     new = build_model(GPTConfig(**dict(PRESETS["tiny"], **opts))).eval()
     idx = torch.randint(0, 76, (2, 30))
     torch.testing.assert_close(new(idx)[0], plain(idx)[0])
+    if new.config.aug_embed:
+        torch.testing.assert_close(new(idx, aug=torch.tensor([3, 24]))[0], plain(idx)[0])
     extra = {n for n, _ in new.named_parameters()} - {n for n, _ in plain.named_parameters()}
-    assert extra and all(n.startswith(("value_embeds", "skip_weights")) for n in extra)
+    assert extra and all(n.startswith(("value_embeds", "skip_weights", "aug_embeds")) for n in extra)
+
+
+def test_augmentation_ids_add_their_embedding_and_id_0_adds_nothing():
+    model = optioned(dict(aug_embed=3))
+    idx = torch.randint(0, 76, (3, 20))
+    plain, _ = model(idx)
+    got, _ = model(idx, aug=torch.tensor([0, 1, 3]))
+    assert torch.equal(got[0], plain[0])                      # id 0: exactly the line as it is
+    assert not torch.allclose(got[1], plain[1]) and not torch.allclose(got[1], got[2])
+    emb = model.aug_embeds.weight
+    with torch.no_grad():                                     # id k is the (k-1)-th embedding
+        torch.testing.assert_close(model.augmentation(torch.tensor([3, 0]))[0], emb[2])
+    for bad in ([4], [-1]):
+        with pytest.raises(ValueError, match="augmentation ids must be in 0..3"):
+            model(idx[:1], aug=torch.tensor(bad))
 
 
 def test_rope2d_angles_follow_pixel_rows_and_columns():
@@ -257,7 +277,8 @@ def test_gqa_shares_key_value_heads():
     (dict(conv_kernel=True), "conv_kernel"), (dict(conv_at="b"), "conv_at"),
     (dict(n_kv_head=3, n_head=4, n_embd=32), "n_kv_head"), (dict(qk_norm="yes"), "qk_norm"),
     (dict(wpe=1), "wpe"), (dict(rope="1d", n_head=4, n_embd=24), "rope"),
-    (dict(arch="gru", conv_kernel=6), "arch")])
+    (dict(arch="gru", conv_kernel=6), "arch"), (dict(aug_embed=-1), "aug_embed"),
+    (dict(arch="gru", aug_embed=24), "arch")])
 def test_bad_option_values_name_the_field(change, field):
     d = dict(GPTConfig(**PRESETS["tiny"]).to_dict(), **change)
     with pytest.raises(ConfigError, match=field):

@@ -436,3 +436,47 @@ def test_keep_freed_memory_stops_the_page_faults_of_big_blocks():
     before, after = map(int, out.stdout.split())
     pages = 10 * (40 << 20) // 4096
     assert before > pages // 2 and after < pages // 10, (before, after)
+
+
+# ---------------------------------------------------------------------------------------------
+# --shift-aug
+
+def test_shift_aug_trains_with_its_embeddings_and_resumes_exactly_across_epochs(tmp_path, small_corpus):
+    aug = ["--shift-aug", "0.5", "--shift-max", "1", "--max-steps", "26"]   # 20 steps an epoch
+    a = fit(tmp_path / "a", small_corpus, *aug)
+    fit(tmp_path / "b", small_corpus, *aug, "--stop-after", "23")
+    b = fit(tmp_path / "b", small_corpus, *aug, "--resume")
+    la = {r["step"]: r["loss"] for r in a if "loss" in r}
+    lb = {r["step"]: r["loss"] for r in b if "loss" in r}
+    assert all(la[s] == lb[s] for s in range(24, 27))
+    assert same_weights(tmp_path / "a" / "last", tmp_path / "b" / "last")
+    w = weights(tmp_path / "a" / "last")
+    assert w["aug_embeds.weight"].shape[0] == 8 and w["aug_embeds.weight"].abs().sum() > 0
+    model, cfg, _ = checkpoint.load_model(tmp_path / "a" / "best")
+    assert cfg.aug_embed == 8
+    args = json.loads((tmp_path / "a" / "args.json").read_text())
+    assert args["shift_aug"] == 0.5 and args["model"]["aug_embed"] == 8
+    plain = fit(tmp_path / "c", small_corpus, "--max-steps", "26")
+    lc = {r["step"]: r["loss"] for r in plain if "loss" in r}
+    assert any(la[s] != lc[s] for s in la)          # it trained on other lines than the corpus's
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--binarize", "dynamic"], "shift_aug: shifts the corpus's lines"),
+    (["--arch", "gru"], "shift_aug: the gru"),
+    (["--aug-embed", "3"], "draws from 8 shifts, and the model has 3"),
+])
+def test_shift_aug_refusals_name_the_flag(tmp_path, small_corpus, capsys, extra, says):
+    rc = run_cli(["train", "--corpus", small_corpus, "--out", tmp_path / "r", *TINY,
+                  "--shift-aug", "0.5", "--shift-max", "1", "--max-steps", "2", *extra])
+    err = capsys.readouterr().err
+    assert rc != 0 and says in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_shift_aug_from_a_model_without_augmentation_embeddings_is_refused(tmp_path, small_corpus, capsys):
+    fit(tmp_path / "a", small_corpus, "--max-steps", "2")
+    rc = run_cli(["train", "--corpus", small_corpus, "--out", tmp_path / "b", *TINY, "--max-steps",
+                  "2", "--init-from", tmp_path / "a" / "last", "--shift-aug", "0.3"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "a model trained without --shift-aug cannot take it" in err
