@@ -57,7 +57,7 @@ class GPTConfig:
     value_embed: bool = False  # a per-layer embedding of the token added to the values (zero at start)
     unet: bool = False         # the first half's block outputs added to the second half's inputs
                                # in mirror order, each with a learned weight (zero at start)
-    aug_embed: int = 0         # >0: embeddings of that many augmentations (--shift-aug), zero at start
+    aug_embed: int = 0         # embeddings of data augmentations, zero at start (--shift-aug sets it)
 
     def __post_init__(self):
         ints = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
