@@ -14,6 +14,8 @@
 #    key/value head, rope 1d, QK-norm, ReLU^2, zero-initialised projections), trained for the
 #    given minutes twice at once on the one GPU: AdamW (the shipped recipe's optimizer) and Muon
 #    (the one the ablations kept), each with dropout 0.1 (~40 passes over the training lines);
+#    SHIFT=0.5 trains both with shift augmentation (--shift-aug 0.5), the next thing to try for
+#    a model that overfits;
 # 4. `mnisttext eval` of each run's best/ on the full test split.
 # What matters comes back under $OUT: session.log, speed.json, <run>_metrics.jsonl,
 # <run>_eval.json, configs.tgz (the runs' config.json and args.json).
@@ -23,6 +25,7 @@ MIN=${1:-5}
 DEV=${DEVICE:-cuda}
 PARTS=${PARTS:-smoke speed train}   # which of parts 1-3 to run (4 follows 3)
 DROPOUT=${DROPOUT:-0.1}
+SHIFT=${SHIFT:-0}
 read -r -a EVAL <<< "${EVAL_ARGS:-}"
 OUT=${OUT:-runs/gpu_out}
 W=runs/gpu
@@ -53,7 +56,7 @@ fi
 
 say "3. training, $MIN minutes each"
 COMMON=(--recipe flagship --n-layer 8 --n-embd 512 --n-head 8 --n-kv-head 2 --rope 1d --qk-norm
-        --act relu2 --zero-init-proj --dropout $DROPOUT --batch-size 128 --lr 1e-3 --warmup-steps 200
+        --act relu2 --zero-init-proj --dropout $DROPOUT --shift-aug $SHIFT --batch-size 128 --lr 1e-3 --warmup-steps 200
         --epochs 1000 --minutes "$MIN" --eval-every 30 --eval-images 1000 --final-eval-images 1000
         --log-every 100 --device $DEV --force)
 $PY -m mnisttext train "${COMMON[@]}" --optimizer adamw --out "$W/adamw" > "$W/adamw.log" 2>&1 &
