@@ -28,6 +28,7 @@ time.process_time as its clock (what `train --clock cpu` does in the new trainer
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -95,6 +96,8 @@ RUNS = [
     ("muon_shift", "new_muon with shift augmentation: each epoch half the lines moved by up to 2 "
      "pixels, the model told which shift (24 embeddings)", dict(without("conv_kernel"), n_kv_head=1),
      ["--optimizer", "muon", "--shift-aug", "0.5"]),
+    ("muon_shift02", "muon_shift with a fifth of the lines moved instead of half",
+     dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon", "--shift-aug", "0.2"]),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),
@@ -137,11 +140,15 @@ def time_decode(fast) -> list[float]:
     return times
 
 
+# read once, at import: inspect reads the file again at each call, and RUNS may have been edited
+# (lines added above) while the batch runs, which would hand the child the wrong lines
+TIME_DECODE_SOURCE = inspect.getsource(time_decode)
+
+
 def child_code() -> str:
     """What each run executes (in a fresh process, from the frozen copy): the trainer, then
     time_decode (its source) on the frozen package's sampler."""
-    import inspect                                             # (only to ship time_decode's source)
-    return inspect.getsource(time_decode) + r'''
+    return TIME_DECODE_SOURCE + r'''
 import argparse, json, sys, time, types
 from pathlib import Path
 from mnisttext import train, checkpoint, packing
