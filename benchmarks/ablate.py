@@ -45,6 +45,7 @@ NOISE = 0.5      # nats: a smaller difference from the baseline is not counted a
 NEW = "combo_no_canon_gqa1"     # the new recipe: the new_* runs change one part of it
 REFRESHED = ("new_ve", "new_unet", "new_muon")     # against new_ref (the same trainer copy)
 ADDED = ("new_rope2d",) + REFRESHED                # a replacement or an addition, not a part left out
+SHIFT_REFS = {"muon_shift": "muon_ref", "muon_shift02": "muon_ref", "small_shift": "small_ref"}
 BEGIN, END = "<!-- ablate:table:begin -->", "<!-- ablate:table:end -->"
 
 # name, what it tests, GPTConfig fields, extra trainer flags. Most informative first. The batch
@@ -98,6 +99,12 @@ RUNS = [
      ["--optimizer", "muon", "--shift-aug", "0.5"]),
     ("muon_shift02", "muon_shift with a fifth of the lines moved instead of half",
      dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon", "--shift-aug", "0.2"]),
+    # the same on 5,000 training lines (each seen ~6 times in the budget): a model that overfits
+    ("small_ref", "new_muon on the first 5,000 training lines only (about 6 epochs in the budget)",
+     dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon", "--train-limit", "5000"]),
+    ("small_shift", "small_ref with shift augmentation (half the lines moved, as muon_shift)",
+     dict(without("conv_kernel"), n_kv_head=1),
+     ["--optimizer", "muon", "--train-limit", "5000", "--shift-aug", "0.5"]),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),
@@ -293,10 +300,13 @@ def report() -> None:
                 good if dn <= -NOISE else bad if dn >= NOISE else "within noise")
         elif name == "muon_ref" and "new_muon" in res:
             verdict = f"{r['test_nll_nats'] - res['new_muon']['test_nll_nats']:+.2f} vs new_muon's run"
-        elif name.startswith("muon_shift") and "muon_ref" in res:
-            dm = r["test_nll_nats"] - res["muon_ref"]["test_nll_nats"]
-            verdict = f"{dm:+.2f} vs muon_ref: " + ("better: keep" if dm <= -NOISE else "worse: drop"
-                                                    if dm >= NOISE else "within noise")
+        elif name in SHIFT_REFS and SHIFT_REFS[name] in res:
+            ref = SHIFT_REFS[name]
+            dm = r["test_nll_nats"] - res[ref]["test_nll_nats"]
+            verdict = f"{dm:+.2f} vs {ref}: " + ("better" if dm <= -NOISE else "worse"
+                                                if dm >= NOISE else "within noise")
+        elif name == "small_ref" and "muon_ref" in res:
+            verdict = f"{r['test_nll_nats'] - res['muon_ref']['test_nll_nats']:+.2f} vs muon_ref (all lines)"
         elif name.startswith("muon_") and "new_muon" in res:
             dm = r["test_nll_nats"] - res["new_muon"]["test_nll_nats"]
             verdict = f"{dm:+.2f} vs new_muon: " + ("better" if dm <= -NOISE else "worse" if dm >= NOISE
