@@ -268,8 +268,8 @@ def model_dict(config: GPTConfig) -> dict:
 # what a resumed run keeps from its own record whatever the flags say: the model, the data, the
 # schedule (data order and LR are functions of them), and the images that pick best/
 KEPT_ON_RESUME = ("recipe", "preset", "model", "tokenizer", "bpe_vocab", "binarize", "dataset",
-                  "train_limit", "shift_aug", "shift_max", "epochs", "max_steps", "minutes", "clock", "optimizer", "lr",
-                  "min_lr_frac", "schedule", "warmup_steps", "weight_decay", "grad_clip", "seed",
+                  "train_limit", "shift_aug", "shift_max", "epochs", "max_steps", "minutes",
+                  "clock", "optimizer", "lr", "min_lr_frac", "schedule", "warmup_steps", "weight_decay", "grad_clip", "seed",
                   "eval_images", "init_from")
 FIXED_BY_INIT = ("preset", "tokenizer", "bpe_vocab")     # and every model field
 # what a resumed run does not take from its record when the flag is left out: this invocation's

@@ -480,3 +480,16 @@ def test_shift_aug_from_a_model_without_augmentation_embeddings_is_refused(tmp_p
                   "2", "--init-from", tmp_path / "a" / "last", "--shift-aug", "0.3"])
     err = capsys.readouterr().err
     assert rc != 0 and "a model trained without --shift-aug cannot take it" in err
+
+
+def test_shift_aug_on_lines_of_more_bits_per_pixel_is_refused(tmp_path, small_corpus, capsys):
+    from mnisttext import codec
+    for split in ("train", "test"):
+        labels, levels = codec.decode_batch((small_corpus / f"{split}.txt").read_text().splitlines())
+        lines = codec.encode_batch(levels[:, 1:-1, 1:-1] * 255, labels, 2)
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    rc = run_cli(["train", "--corpus", tmp_path, "--out", tmp_path / "r", *TINY, "--max-steps", "2",
+                  "--shift-aug", "0.5"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "--shift-aug moves pixels of 1-bit lines (152 characters)" in err
+    assert "Traceback" not in err
