@@ -251,10 +251,12 @@ def check_shift_aug(cfg: TrainConfig, model: dict) -> None:
     if model.get("arch", "gpt") != "gpt":
         raise ConfigError("shift_aug: the gru has no augmentation embeddings; use --arch gpt")
     need, have = n_shifts(cfg.shift_max), model.get("aug_embed", 0)
-    if not isinstance(have, int) or have < need:
+    if have != need:      # one embedding per shift, in data.shifts' order: a count is a --shift-max
+        trained = next((f"--shift-max {s}" for s in range(1, 5) if n_shifts(s) == have),
+                       "no --shift-aug" if not have else None)
         raise ConfigError(f"shift_aug: --shift-max {cfg.shift_max} draws from {need} shifts, and "
-                          f"the model has {have!r} augmentation embeddings (aug_embed); "
-                          f"a model trained without --shift-aug cannot take it")
+                          f"the model has {have!r} augmentation embeddings (aug_embed)"
+                          + (f": it was made for {trained}" if trained else ""))
 
 
 def model_dict(config: GPTConfig) -> dict:
@@ -269,8 +271,8 @@ def model_dict(config: GPTConfig) -> dict:
 # schedule (data order and LR are functions of them), and the images that pick best/
 KEPT_ON_RESUME = ("recipe", "preset", "model", "tokenizer", "bpe_vocab", "binarize", "dataset",
                   "train_limit", "shift_aug", "shift_max", "epochs", "max_steps", "minutes",
-                  "clock", "optimizer", "lr", "min_lr_frac", "schedule", "warmup_steps", "weight_decay", "grad_clip", "seed",
-                  "eval_images", "init_from")
+                  "clock", "optimizer", "lr", "min_lr_frac", "schedule", "warmup_steps",
+                  "weight_decay", "grad_clip", "seed", "eval_images", "init_from")
 FIXED_BY_INIT = ("preset", "tokenizer", "bpe_vocab")     # and every model field
 # what a resumed run does not take from its record when the flag is left out: this invocation's
 NOT_CARRIED = ("resume", "force", "stop_after")

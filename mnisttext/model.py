@@ -401,7 +401,10 @@ class GPT(nn.Module):
     def augmentation(self, aug: torch.Tensor) -> torch.Tensor:
         """(B,) ids -> (B, C): zeros for id 0, the (id - 1)-th embedding otherwise."""
         n = self.config.aug_embed
-        if bool(((aug < 0) | (aug > n)).any()):
+        # checked where it costs nothing: on a CPU, outside torch.compile (the trainer's ids come
+        # from data.shifted_epoch_lines, in range by construction)
+        if aug.device.type == "cpu" and not torch.compiler.is_compiling() \
+                and bool(((aug < 0) | (aug > n)).any()):
             raise ValueError(f"augmentation ids must be in 0..{n} (aug_embed), got "
                              f"{aug.min().item()}..{aug.max().item()}")
         if not n:

@@ -613,14 +613,15 @@ def prepare_run(plan: Plan, dd: Dist, reporter, clock: Callable, started: float)
             torch.backends.cuda.matmul.allow_tf32 = True
         train_lines, test_lines, images, labels = load_lines(cfg)
         tok = make_tokenizer(plan, train_lines, dd)
-        train_tokens, aug = epoch_tokens(cfg, tok, train_lines, images, labels, 0)
         test_tokens = torch.from_numpy(tk.encode_corpus(tok, test_lines))
         config, model, opt, state = build_trainer(plan, tok, len(train_lines[0]), dd)
-        n, B = len(train_tokens), cfg.batch_size
+        n, B = len(train_lines), cfg.batch_size
         if B % dd.world:
             raise ConfigError(f"batch_size: {B} is not divisible by {dd.world} processes")
         if n < B:
             raise ConfigError(f"batch_size: {B} is larger than the {n} training lines")
+        epoch = state.step // (n // B)                   # a resumed run's: encoded once
+        train_tokens, aug = epoch_tokens(cfg, tok, train_lines, images, labels, epoch)
         record_machine(cfg, dd, state, plan.last is not None)
         if dd.master:
             write_text_atomic(Path(cfg.out) / "args.json",
@@ -636,7 +637,7 @@ def prepare_run(plan: Plan, dd: Dist, reporter, clock: Callable, started: float)
         raise
     return Run(cfg, dd, clock, started, state.elapsed, tok, config, model, fwd_model, opt, state,
                train_tokens, test_tokens, images, labels,
-               train_lines=train_lines if cfg.shift_aug else None, aug=aug,
+               train_lines=train_lines if cfg.shift_aug else None, aug=aug, encoded_epoch=epoch,
                saved_step=state.step if plan.last else None, lock=lock)
 
 
@@ -647,7 +648,7 @@ def epoch_tokens(cfg: TrainConfig, tok, train_lines, images, labels, epoch: int)
     """(tokens (N, L), augmentation ids (N,) or None) of one epoch's training lines: the
     corpus's, or redrawn (--binarize dynamic), or some of them shifted (--shift-aug)."""
     aug = None
-    if images is not None:
+    if images is not None and epoch:           # (load_lines drew epoch 0's)
         train_lines = data.dynamic_epoch_lines(images, labels, cfg.seed, epoch)
     elif cfg.shift_aug:
         train_lines, ids = data.shifted_epoch_lines(train_lines, cfg.shift_aug, cfg.shift_max,
@@ -667,7 +668,12 @@ def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     idx = epoch_order(cfg.seed, epoch, len(run.train_tokens))[k * B:(k + 1) * B]
     mine = idx[run.dd.rank::run.dd.world]
     batch = run.train_tokens[mine].to(run.dd.device, torch.long, non_blocking=True)
-    aug = run.aug[mine].to(run.dd.device, torch.long) if run.aug is not None else None
+    if run.aug is not None:
+        aug = run.aug[mine].to(run.dd.device, torch.long)
+    elif getattr(run.config, "aug_embed", 0):     # id 0 for all: DDP wants every weight in the graph
+        aug = torch.zeros(len(mine), dtype=torch.long, device=run.dd.device)
+    else:
+        aug = None
     real = batch != tk.PAD_ID
     if not real.all():      # BPE lines: trim to this batch's longest, ignore the padding
         batch = batch[:, :int(real.sum(1).max())]

@@ -378,16 +378,21 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path, small_corpu
     assert "state.safetensors" in capsys.readouterr().err
 
 
+DDP_RUNS = {"char": [], "bpe": ["--tokenizer", "bpe", "--bpe-vocab", "120"],  # rank 0's merges
+            # embeddings no line uses still take part in every step (DDP wants all weights)
+            "aug_embed": ["--aug-embed", "3"],
+            "shift_aug": ["--shift-aug", "0.5", "--shift-max", "1", "--max-steps", "24"]}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("tokens", ["char", "bpe"])
-def test_two_process_ddp(tmp_path, small_corpus, tokens):
+@pytest.mark.parametrize("name", list(DDP_RUNS))
+def test_two_process_ddp(tmp_path, small_corpus, name):
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    port = "29517" if tokens == "char" else "29518"
+    port = str(29517 + list(DDP_RUNS).index(name))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", port, "cli.py", "train", "--corpus", str(small_corpus),
-           "--out", str(run), *TINY, "--max-steps", "20", "--device", "cpu",
-           "--tokenizer", tokens, "--bpe-vocab", "120"]   # BPE: rank 0's merges, sent to rank 1
+           "--out", str(run), *TINY, "--max-steps", "20", "--device", "cpu", *DDP_RUNS[name]]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=300)
     err = proc.stderr.decode()
     assert proc.returncode == 0, err[-2000:]
@@ -456,15 +461,26 @@ def test_shift_aug_trains_with_its_embeddings_and_resumes_exactly_across_epochs(
     assert cfg.aug_embed == 8
     args = json.loads((tmp_path / "a" / "args.json").read_text())
     assert args["shift_aug"] == 0.5 and args["model"]["aug_embed"] == 8
-    plain = fit(tmp_path / "c", small_corpus, "--max-steps", "26")
-    lc = {r["step"]: r["loss"] for r in plain if "loss" in r}
-    assert any(la[s] != lc[s] for s in la)          # it trained on other lines than the corpus's
+
+
+def test_the_trainer_takes_the_shifted_lines_with_their_ids(small_corpus):
+    from mnisttext import data
+    from mnisttext import tokenizer as tk
+    cfg, _ = config.resolve("default", {"shift_aug": 0.5, "shift_max": 1, "seed": 3})
+    lines, tok = data.read_split(small_corpus, "train"), tk.build()
+    tokens, aug = train.epoch_tokens(cfg, tok, lines, None, None, 2)
+    want, ids = data.shifted_epoch_lines(lines, 0.5, 1, 3, 2)
+    assert ids.any() and (aug.numpy() == ids).all()
+    assert [tk.decode_ids(tok, r) for r in tokens] == want != lines
 
 
 @pytest.mark.parametrize("extra, says", [
     (["--binarize", "dynamic"], "shift_aug: shifts the corpus's lines"),
     (["--arch", "gru"], "shift_aug: the gru"),
-    (["--aug-embed", "3"], "draws from 8 shifts, and the model has 3"),
+    (["--aug-embed", "3"], "draws from 8 shifts, and the model has 3 augmentation embeddings "
+                           "(aug_embed)\n"),
+    (["--aug-embed", "24"], "the model has 24 augmentation embeddings (aug_embed): it was made "
+                            "for --shift-max 2"),
 ])
 def test_shift_aug_refusals_name_the_flag(tmp_path, small_corpus, capsys, extra, says):
     rc = run_cli(["train", "--corpus", small_corpus, "--out", tmp_path / "r", *TINY,
@@ -479,7 +495,7 @@ def test_shift_aug_from_a_model_without_augmentation_embeddings_is_refused(tmp_p
     rc = run_cli(["train", "--corpus", small_corpus, "--out", tmp_path / "b", *TINY, "--max-steps",
                   "2", "--init-from", tmp_path / "a" / "last", "--shift-aug", "0.3"])
     err = capsys.readouterr().err
-    assert rc != 0 and "a model trained without --shift-aug cannot take it" in err
+    assert rc != 0 and "has 0 augmentation embeddings (aug_embed): it was made for no --shift-aug" in err
 
 
 def test_shift_aug_on_lines_of_more_bits_per_pixel_is_refused(tmp_path, small_corpus, capsys):
