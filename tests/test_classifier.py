@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnisttext import checkpoint, classifier, classifier_train, codec
-from conftest import CORPUS
+from conftest import CORPUS, torch_threads
 
 TINY = classifier.ClassifierConfig(arch="cnn", width=8, feat_dim=32, dropout=0.0)
 FIT = dict(epochs=1, batch_size=16, lr=2e-2, seed=0, threads=1)     # 125 steps, ~2 s
@@ -15,10 +15,8 @@ FIT = dict(epochs=1, batch_size=16, lr=2e-2, seed=0, threads=1)     # 125 steps,
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

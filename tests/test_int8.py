@@ -7,6 +7,7 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import torch_threads as threads
 from mnisttext import int8, machine, sample, tuning
 from mnisttext.model import GPTConfig, build_model
 from mnisttext.packing import build_sampler
@@ -16,19 +17,6 @@ needs_int_mm = pytest.mark.skipif(not int8.int_mm_works(), reason="this torch ha
 needs_kernel = pytest.mark.skipif(int8.native() is None, reason="no C compiler or MNISTTEXT_NATIVE=0")
 
 
-
-class threads:
-    """torch's threads set to n for the block (the suite may run with one), then restored."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.old = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
 
 NEW_RECIPE = dict(act="relu2", rope="1d", qk_norm=True, n_kv_head=1, zero_init_proj=False)
 

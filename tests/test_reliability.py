@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CORPUS, ROOT
+from conftest import CORPUS, ROOT, torch_threads
 from mnisttext import checkpoint, cli, data, paths
 from mnisttext import tokenizer as tk
 from mnisttext.model import GPTConfig, build_model
@@ -174,16 +174,15 @@ def corpus_is_whole(d: Path) -> bool:
 @contextlib.contextmanager
 def in_world(W: Path):
     """cwd in W/cwd, the shipped checkpoints W/shipped/checkpoints, one torch thread."""
-    old_cwd, old_dir, threads = os.getcwd(), paths.checkpoints_dir, torch.get_num_threads()
+    old_cwd, old_dir = os.getcwd(), paths.checkpoints_dir
     os.chdir(W / "cwd")
     paths.checkpoints_dir = lambda: W / "shipped" / "checkpoints"
-    torch.set_num_threads(1)
     try:
-        yield
+        with torch_threads(1):
+            yield
     finally:
         os.chdir(old_cwd)
         paths.checkpoints_dir = old_dir
-        torch.set_num_threads(threads)
 
 
 def run(argv) -> tuple:

@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 
+from conftest import torch_threads
 from mnisttext import codec, kvcache, machine, sample, tuning
 from mnisttext import tokenizer as tk
 from mnisttext.model import PRESETS, GPTConfig, build_model
@@ -398,12 +399,8 @@ def test_small_batches_take_the_plans_small_config(monkeypatch):
     monkeypatch.setattr(sample, "generate_groups",
                         lambda m, gs, *a: seen.append((len(gs), a[3])) or real(m, gs, *a))
     s = sample.SampleSettings(temperature=1.0)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)           # workers are capped by the threads (taskset, a 1-core box)
-    try:
+    with torch_threads(2):             # workers are capped by the threads (taskset, a 1-core box)
         one = sample.sample_digits(model, [3], 8, s, seed=1)
         two = sample.sample_digits(model, [3, 4], 8, s, seed=1)
-    finally:
-        torch.set_num_threads(old)
     assert seen == [(1, 1), (1, 1), (1, 1)]           # 8 rows: small; 16: two workers, a digit each
     assert one[3] == two[3]
