@@ -17,6 +17,7 @@ import re
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from . import data
 from . import model as models
 from .model import PRESETS, ConfigError, GPTConfig
 
@@ -36,6 +37,7 @@ RECIPES = {
                      weight_decay=0.1, grad_clip=1.0),
 }
 RECIPE_ALIASES = {"seed": "original"}        # the original recipe's old name
+MAX_SHIFT = 4                                 # --shift-max's bound, in pixels
 # GPTConfig fields that follow from the data, not from flags
 DERIVED_MODEL_FIELDS = ("vocab_size", "block_size")
 MODEL_HELP = {"n_layer": "layers", "n_head": "attention heads", "n_embd": "model width",
@@ -84,7 +86,7 @@ class TrainConfig:
                           "--shift-max pixels, the model told which shift (distribution "
                           "augmentation; 0 = off)", "data", lo=0, hi=1)
     shift_max: int = _f(2, "the largest shift of --shift-aug, in pixels, in each direction",
-                        "data", lo=1, hi=4)
+                        "data", lo=1, hi=MAX_SHIFT)
     # the schedule
     epochs: float = _f(1.0, "passes over the training lines", "schedule", above=0, per_recipe=True)
     max_steps: int | None = _f(None, "stop after this many optimizer steps (default: --epochs "
@@ -225,17 +227,12 @@ def model_fields() -> list[dict]:
     return out
 
 
-def n_shifts(shift_max: int) -> int:
-    """How many shifts --shift-aug draws from: every (dy, dx) within shift_max but (0, 0)."""
-    return (2 * shift_max + 1) ** 2 - 1
-
-
 def model_config(cfg: TrainConfig, vocab_size: int = 76, block_size: int | None = None) -> GPTConfig:
     """The GPTConfig of cfg: its preset, then its model fields; with --shift-aug, one
     augmentation embedding per shift unless the model fields say how many."""
     base = {**PRESETS[cfg.preset], **cfg.model}
     if cfg.shift_aug and "aug_embed" not in cfg.model:
-        base["aug_embed"] = n_shifts(cfg.shift_max)
+        base["aug_embed"] = len(data.shifts(cfg.shift_max))
     if block_size is not None:
         base["block_size"] = block_size
     if cfg.shift_aug:
@@ -250,9 +247,10 @@ def check_shift_aug(cfg: TrainConfig, model: dict) -> None:
                           "own: use one or the other")
     if model.get("arch", "gpt") != "gpt":
         raise ConfigError("shift_aug: the gru has no augmentation embeddings; use --arch gpt")
-    need, have = n_shifts(cfg.shift_max), model.get("aug_embed", 0)
+    need, have = len(data.shifts(cfg.shift_max)), model.get("aug_embed", 0)
     if have != need:      # one embedding per shift, in data.shifts' order: a count is a --shift-max
-        trained = next((f"--shift-max {s}" for s in range(1, 5) if n_shifts(s) == have),
+        trained = next((f"--shift-max {s}" for s in range(1, MAX_SHIFT + 1)
+                        if len(data.shifts(s)) == have),
                        "no --shift-aug" if not have else None)
         raise ConfigError(f"shift_aug: --shift-max {cfg.shift_max} draws from {need} shifts, and "
                           f"the model has {have!r} augmentation embeddings (aug_embed)"

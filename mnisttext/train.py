@@ -661,7 +661,7 @@ def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     """This rank's share of the step's lines: (tokens, real-token mask, augmentation ids)."""
     cfg, B = run.cfg, run.cfg.batch_size
     epoch, k = divmod(run.state.step, run.steps_per_epoch)
-    if (run.images is not None or run.aug is not None) and epoch != run.encoded_epoch:
+    if (run.images is not None or cfg.shift_aug) and epoch != run.encoded_epoch:
         run.train_tokens, run.aug = epoch_tokens(cfg, run.tok, run.train_lines, run.images,
                                                  run.labels, epoch)
         run.encoded_epoch = epoch
@@ -670,7 +670,7 @@ def next_batch(run: Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | Non
     batch = run.train_tokens[mine].to(run.dd.device, torch.long, non_blocking=True)
     if run.aug is not None:
         aug = run.aug[mine].to(run.dd.device, torch.long)
-    elif getattr(run.config, "aug_embed", 0):     # id 0 for all: DDP wants every weight in the graph
+    elif run.config.aug_embed:      # id 0 for all: DDP wants every weight in the graph
         aug = torch.zeros(len(mine), dtype=torch.long, device=run.dd.device)
     else:
         aug = None
