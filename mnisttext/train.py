@@ -506,25 +506,32 @@ class Run:
 
 
 def take_run_dir(plan: Plan, reporter) -> checkpoint.RunLock:
-    """Rank 0: lock --out, remove what killed saves left, and with --force the old run."""
+    """Rank 0: lock --out and remove what killed saves left (the old run stays: replace_run)."""
     out = Path(plan.cfg.out)
     lock = checkpoint.RunLock(out).acquire()
     try:
         if lock.took_over:
             reporter.message(f"{out}: took over the lock of pid {lock.took_over}, which is gone")
         checkpoint.clean_leftovers(out)
-        if plan.replace:
-            reporter.message(f"--force: replacing the run in {out}")
-            for name in RUN_FILES:
-                p = out / name
-                if p.is_dir():
-                    checkpoint.remove_dir(p)
-                elif p.exists():
-                    p.unlink()
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def replace_run(plan: Plan, reporter) -> None:
+    """Rank 0, with --force: delete the old run's files, once its replacement's data, tokenizer
+    and model are ready (a refusal found on the way leaves the old run whole)."""
+    if not plan.replace:
+        return
+    out = Path(plan.cfg.out)
+    reporter.message(f"--force: replacing the run in {out}")
+    for name in RUN_FILES:
+        p = out / name
+        if p.is_dir():
+            checkpoint.remove_dir(p)
+        elif p.exists():
+            p.unlink()
 
 
 def load_lines(cfg: TrainConfig):
@@ -623,6 +630,7 @@ def prepare_run(plan: Plan, dd: Dist, reporter, clock: Callable, started: float)
         epoch = state.step // (n // B)                   # a resumed run's: encoded once
         train_tokens, aug = epoch_tokens(cfg, tok, train_lines, images, labels, epoch)
         record_machine(cfg, dd, state, plan.last is not None)
+        on_master(dd, lambda: replace_run(plan, reporter))
         if dd.master:
             write_text_atomic(Path(cfg.out) / "args.json",
                               json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")

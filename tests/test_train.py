@@ -498,14 +498,22 @@ def test_shift_aug_from_a_model_without_augmentation_embeddings_is_refused(tmp_p
     assert rc != 0 and "has 0 augmentation embeddings (aug_embed): it was made for no --shift-aug" in err
 
 
-def test_shift_aug_on_lines_of_more_bits_per_pixel_is_refused(tmp_path, small_corpus, capsys):
+def test_shift_aug_on_lines_of_more_bits_per_pixel_is_refused_before_force_deletes(
+        tmp_path, small_corpus, capsys):
     from mnisttext import codec
     for split in ("train", "test"):
         labels, levels = codec.decode_batch((small_corpus / f"{split}.txt").read_text().splitlines())
         lines = codec.encode_batch(levels[:, 1:-1, 1:-1] * 255, labels, 2)
         (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    rc = run_cli(["train", "--corpus", tmp_path, "--out", tmp_path / "r", *TINY, "--max-steps", "2",
-                  "--shift-aug", "0.5"])
+    run = tmp_path / "r"
+    fit(run, small_corpus, "--max-steps", "2")
+    before, args = weights(run / "best"), (run / "args.json").read_text()
+    capsys.readouterr()
+    rc = run_cli(["train", "--corpus", tmp_path, "--out", run, *TINY, "--max-steps", "2",
+                  "--shift-aug", "0.5", "--force"])
     err = capsys.readouterr().err
     assert rc != 0 and "--shift-aug moves pixels of 1-bit lines (152 characters)" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "replacing" not in err
+    # the refusal came before --force deleted anything: the old run is whole
+    assert (run / "args.json").read_text() == args and last_step(run) == 2
+    assert all(torch.equal(before[k], v) for k, v in weights(run / "best").items())
