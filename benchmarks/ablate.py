@@ -45,7 +45,9 @@ NOISE = 0.5      # nats: a smaller difference from the baseline is not counted a
 NEW = "combo_no_canon_gqa1"     # the new recipe: the new_* runs change one part of it
 REFRESHED = ("new_ve", "new_unet", "new_muon")     # against new_ref (the same trainer copy)
 ADDED = ("new_rope2d",) + REFRESHED                # a replacement or an addition, not a part left out
-SHIFT_REFS = {"muon_shift": "muon_ref", "muon_shift02": "muon_ref", "small_shift": "small_ref"}
+# runs measured against another run of the same trainer copy than the baseline
+AGAINST = {"muon_shift": "muon_ref", "muon_shift02": "muon_ref", "small_shift": "small_ref",
+           "muon_bpe": "muon_ref"}
 BEGIN, END = "<!-- ablate:table:begin -->", "<!-- ablate:table:end -->"
 
 # name, what it tests, GPTConfig fields, extra trainer flags. Most informative first. The batch
@@ -105,6 +107,9 @@ RUNS = [
     ("small_shift", "small_ref with shift augmentation (half the lines moved, as muon_shift)",
      dict(without("conv_kernel"), n_kv_head=1),
      ["--optimizer", "muon", "--train-limit", "5000", "--shift-aug", "0.5"]),
+    # BPE tokens (a line of ~27 tokens instead of 152: more lines per CPU-second), against muon_ref
+    ("muon_bpe", "new_muon with BPE tokens (--tokenizer bpe, 512: runs of symbols become one token)",
+     dict(without("conv_kernel"), n_kv_head=1), ["--optimizer", "muon", "--tokenizer", "bpe"]),
     ("combo_gelu", "the combination with GELU instead of relu2 (no packing.py change needed)",
      without("act"), []),
     ("rope1d", "rotary q/k by token index (learned absolute positions kept)", dict(rope="1d"), []),
@@ -300,8 +305,8 @@ def report() -> None:
                 good if dn <= -NOISE else bad if dn >= NOISE else "within noise")
         elif name == "muon_ref" and "new_muon" in res:
             verdict = f"{r['test_nll_nats'] - res['new_muon']['test_nll_nats']:+.2f} vs new_muon's run"
-        elif name in SHIFT_REFS and SHIFT_REFS[name] in res:
-            ref = SHIFT_REFS[name]
+        elif name in AGAINST and AGAINST[name] in res:
+            ref = AGAINST[name]
             dm = r["test_nll_nats"] - res[ref]["test_nll_nats"]
             verdict = f"{dm:+.2f} vs {ref}: " + ("better" if dm <= -NOISE else "worse"
                                                 if dm >= NOISE else "within noise")
