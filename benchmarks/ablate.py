@@ -45,7 +45,7 @@ NOISE = 0.5      # nats: a smaller difference from the baseline is not counted a
 NEW = "combo_no_canon_gqa1"     # the new recipe: the new_* runs change one part of it
 REFRESHED = ("new_ve", "new_unet", "new_muon")     # against new_ref (the same trainer copy)
 ADDED = ("new_rope2d",) + REFRESHED                # a replacement or an addition, not a part left out
-# runs measured against another run of the same trainer copy than the baseline
+# runs measured against a reference run of their own trainer copy, not against the baseline
 AGAINST = {"muon_shift": "muon_ref", "muon_shift02": "muon_ref", "small_shift": "small_ref",
            "muon_bpe": "muon_ref"}
 BEGIN, END = "<!-- ablate:table:begin -->", "<!-- ablate:table:end -->"
