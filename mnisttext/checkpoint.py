@@ -64,17 +64,37 @@ def exists(path) -> bool:
         (path.with_name(path.name + ".old") / "config.json").exists()
 
 
+# what a checkpoint folder may hold (write_dir replaces nothing else)
+CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json", "metadata.json",
+                              "metrics.json", "state.json", "state.safetensors"})
+
+
+def check_replaceable(path) -> None:
+    """Raise CheckpointError unless write_dir may put a checkpoint at `path`: nothing there, an
+    empty folder, or a checkpoint folder holding only a checkpoint's files (not a link)."""
+    path = Path(path)
+    if path.is_symlink():       # the swap would replace the link, not the folder it names
+        raise CheckpointError(f"{path}: is a symbolic link; give the folder itself")
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: exists and is not a folder; not replacing it")
+    if path.is_dir() and not (path / "config.json").exists() and any(path.iterdir()):
+        raise CheckpointError(f"{path}: exists and is not a checkpoint folder; not replacing it")
+    foreign = sorted(e.name for e in path.iterdir() if e.name not in CHECKPOINT_FILES) \
+        if path.is_dir() else []
+    if foreign:                 # a user's files beside the checkpoint: the swap would delete them
+        raise CheckpointError(f"{path}: also holds files that are not a checkpoint's "
+                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                              f"not replacing it")
+
+
 def write_dir(path, tensors: dict[str, dict[str, torch.Tensor]], jsons: dict[str, object],
               files: dict[str, str] | None = None) -> Path:
     """Write a checkpoint directory atomically.
 
     tensors: {file name: {tensor name: tensor}} saved as safetensors; jsons: {file name: object};
-    files: {file name: text}. Refuses to replace a folder that is not a checkpoint."""
+    files: {file name: text}. Refuses to replace anything but a checkpoint (check_replaceable)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"{path}: exists and is not a folder; not replacing it")
-    if path.is_dir() and not (path / "config.json").exists() and any(path.iterdir()):
-        raise CheckpointError(f"{path}: exists and is not a checkpoint folder; not replacing it")
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = hidden(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -193,6 +213,8 @@ def read_json(path) -> dict:
         raise CheckpointError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a config (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return obj

@@ -29,6 +29,8 @@ from . import checkpoint, codec
 
 ARCHS = ("cnn", "resnet")
 MODEL_FILE = "model.safetensors"
+MAX_WIDTH = 512         # a resnet of width 512 has ~80M weights: a config above is a mistake
+MAX_FEAT_DIM = 4096
 
 
 @dataclass
@@ -42,15 +44,20 @@ class ClassifierConfig:
         if self.arch == "wide":
             self.arch = "resnet"
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown classifier arch {self.arch!r}; choose one of {ARCHS}")
-        if self.width < 1 or self.feat_dim < 1 or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"bad classifier config {self}")
+            raise ValueError(f"arch: unknown classifier arch {self.arch!r}; choose one of {ARCHS}")
+        for name, top in (("width", MAX_WIDTH), ("feat_dim", MAX_FEAT_DIM)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+                raise ValueError(f"{name}: expected an integer in 1..{top}, got {v!r}")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {d!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClassifierConfig":
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown classifier config keys: {sorted(unknown)}")
+            raise ValueError(f"not a classifier config: unknown keys {sorted(unknown)}")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -214,8 +221,7 @@ def load_classifier(path, device="cpu"):
     try:
         config = ClassifierConfig.from_dict(checkpoint.read_json(d / "config.json"))
     except (TypeError, ValueError) as e:
-        raise checkpoint.CheckpointError(f"{d / 'config.json'}: not a classifier config ({e})") \
-            from None
+        raise checkpoint.CheckpointError(f"{d / 'config.json'}: {e}") from None
     model = build_classifier(config)
     tensors = checkpoint.read_tensors(d / MODEL_FILE)
     checkpoint.load_state_dict(model, tensors, d / MODEL_FILE)

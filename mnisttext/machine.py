@@ -59,7 +59,7 @@ def _read_cache() -> dict:
     try:
         obj = json.loads(cache_path().read_text())
         return obj if isinstance(obj, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 

@@ -861,6 +861,9 @@ def ship(src, out) -> Path:
             meta["run_state"] = {k: getattr(st, k) for k in ("step", "train_seconds", "tokens",
                                                              "best_nll")}
     init = (meta.get("args") or {}).get("init_from")
+    if init is not None and not isinstance(init, str):
+        raise checkpoint.CheckpointError(f"{run_dir / 'args.json'}: init_from: expected a path "
+                                         f"or null, got {init!r}")
     if init and checkpoint.exists(init):   # a second stage: keep the first stage's record
         init_dir = checkpoint.resolve(init)
         if (init_dir / "metadata.json").exists():

@@ -81,6 +81,7 @@ BROKEN = {     # checkpoint variants: name -> how the tiny one is broken
     "cfg_vocab": lambda d: _edit_config(d, vocab_size=80),
     "cfg_json": lambda d: (d / "config.json").write_text("{nope"),
     "cfg_binary": lambda d: (d / "config.json").write_bytes(b"\xff\xfe\x00"),
+    "cfg_deep": lambda d: (d / "config.json").write_text("[" * 100_000 + "]" * 100_000),
     "st_zero": lambda d: (d / "model.safetensors").write_bytes(b""),
     "st_pickle": lambda d: (d / "model.safetensors").write_bytes(b"\x80\x04\x95" + b"x" * 100),
     "st_cut": lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:300]),
@@ -142,10 +143,28 @@ def make_world(root: Path) -> Path:
     data.export(W / "idx", W / "old_corpus")
     shutil.copytree(paths.checkpoints_dir(), W / "shipped" / "checkpoints")
     (W / "cwd").mkdir()
+    _user_files_beside_outputs(W)
     return W
 
 
-PROTECTED = ("corpus", "notes.txt", "photos", "shipped", "lines.txt", "ck", "afile")
+def _user_files_beside_outputs(W: Path) -> None:
+    """Names an output would take, held by a user's files; a checkpoint with notes; a link."""
+    (W / "pics").mkdir()
+    (W / "pics" / "3.png").write_text("a user's text named like generate's picture")
+    (W / "pics" / f"00000_{LINE[0]}.png").write_text("a user's text named like decode's picture")
+    shutil.copytree(W / "ck", W / "ck_notes")
+    (W / "ck_notes" / "NOTES.md").write_text("a user's notes beside a checkpoint")
+    shutil.copytree(W / "ck", W / "ck_target")
+    (W / "ck_link").symlink_to(W / "ck_target")
+    shutil.copytree(W / "ck", W / "run_init" / "best")
+    (W / "run_init" / "args.json").write_text('{"init_from": 5}')
+    for name, width in (("clf_huge", 10 ** 6), ("clf_str", "4")):
+        shutil.copytree(W / "shipped" / "checkpoints" / "classifier", W / name)
+        _edit_config(W / name, width=width)
+
+
+PROTECTED = ("corpus", "notes.txt", "photos", "shipped", "lines.txt", "ck", "afile", "pics",
+             "ck_notes", "ck_target")
 
 
 def state(W: Path) -> dict:
@@ -290,6 +309,18 @@ CASES = [
     ([*GEN, "--img-dir", "{W}/afile"], "--img-dir"), ([*GEN, "--img-dir", "/sys/x"], "--img-dir /sys/x"),
     ([*GEN, "--img-dir", "/proc/x"], "--img-dir /proc/x"), ([*GEN, "--img-dir", "{W}/corpus"], "holds a corpus"),
     ([*GEN, "--img-dir", "{W}/shipped/checkpoints/gpt"], "shipped"), ([*GEN, "--out", ""], "--out"),
+    ([*GEN, "--img-dir", "{W}/pics"], "3.png there is a file that is not a picture"),
+    ([*GEN, "--out", "{W}/newdir/"], "ends in '/'"),
+    (["decode", "{W}/lines.txt", "--out", "{W}/pics"], f"00000_{LINE[0]}.png there is a file that is not a picture"),
+    (["decode", "{W}/lines.txt", "--grid", "--out", "{W}/gdir/"], ""),          # gdir/grid.png
+    ([*COMP, "--out", "{W}/comp/x.png/"], "ends in '/'"),
+    # ship, train-classifier: what --force may replace
+    (["ship", "{W}/ck", "--out", "{W}/ck_notes", "--force"], "not a checkpoint's (NOTES.md)"),
+    (["ship", "{W}/ck", "--out", "{W}/ck_link", "--force"], "symbolic link"),
+    (["ship", "{W}/run_init/best", "--out", "{W}/s1"], "args.json: init_from: expected a path"),
+    (["train-classifier", "--corpus", "{W}/corpus", "--out", "{W}/ck_target", "--force"],
+     "not a classifier"),
+    (["train-classifier", "--corpus", "{W}/corpus", "--width", "513"], "--width"),
     # generate: checkpoints and classifiers
     ([*GEN, "--checkpoint", "{W}/nan"], "NaN"), ([*GEN, "--checkpoint", "{W}/nowhere"], "no checkpoint"),
     ([*GEN, "--checkpoint", "{W}/afile"], "got a file"), ([*GEN, "--checkpoint", ""], "--checkpoint"),
@@ -300,6 +331,9 @@ CASES = [
     ([*GEN, "--checkpoint", "{W}/cfg_huge"], "parameters"), ([*GEN, "--checkpoint", "{W}/cfg_unknown"], "flux"),
     ([*GEN, "--checkpoint", "{W}/cfg_block"], "model.safetensors"), ([*GEN, "--checkpoint", "{W}/cfg_vocab"], "vocab_size 80"),
     ([*GEN, "--checkpoint", "{W}/cfg_json"], "not valid JSON"), ([*GEN, "--checkpoint", "{W}/cfg_binary"], "not valid JSON"),
+    ([*GEN, "--checkpoint", "{W}/cfg_deep"], "nested too deeply"),
+    ([*GEN, "--classifier", "{W}/clf_huge"], "width: expected an integer in 1..512, got 1000000"),
+    ([*GEN, "--classifier", "{W}/clf_str"], "width: expected an integer in 1..512, got '4'"),
     ([*GEN, "--checkpoint", "{W}/st_zero"], "model.safetensors"), ([*GEN, "--checkpoint", "{W}/st_pickle"], "model.safetensors"),
     ([*GEN, "--checkpoint", "{W}/st_cut"], "model.safetensors"), ([*GEN, "--checkpoint", "{W}/tok_missing"], "tokenizer.json"),
     ([*GEN, "--checkpoint", "{W}/tok_list"], "tokenizer.json"), ([*GEN, "--checkpoint", "{W}/tok_permuted"], "tokenizer.json: token 0"),

@@ -231,6 +231,8 @@ def writable_file(path, flag: str, kind: str = "lines") -> Path:
     """The file `path` can be written, its folder is made, and if it exists it holds what this
     command writes (kind "lines": lines of the format; "image": a picture), so replacing it
     loses nothing the user made. Special files (/dev/null, /dev/stdout) are fine."""
+    if str(path).endswith(("/", os.sep)) and not Path(path).is_dir():   # Path() would drop it
+        raise UsageError(f"{flag} {path}: ends in '/', a folder name; expected a file name")
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{flag} {path}: is a folder, expected a file name")
@@ -253,6 +255,15 @@ def writable_file(path, flag: str, kind: str = "lines") -> Path:
     if not existed:
         path.unlink()
     return path
+
+
+def picture_replaceable(path: Path, flag: str) -> None:
+    """Raise a UsageError if writing the picture `path` (a name an output folder's command
+    chose) would replace something that is not a picture: a user's file of that name."""
+    if path.is_dir() or (path.is_file() and not _holds_kind(path, "image")):
+        what = "a folder" if path.is_dir() else "a file that is not a picture"
+        raise UsageError(f"{flag} {path.parent}: {path.name} there is {what}; not overwriting it "
+                         f"(choose another folder, or move it)")
 
 
 def _holds_kind(path: Path, kind: str) -> bool:

@@ -23,8 +23,8 @@ from PIL import Image
 
 from .. import codec, data
 from ..progress import bar, console
-from .common import (OUTPUTS, UsageError, command, error, int_range, path_arg, writable_dir,
-                     writable_file)
+from .common import (OUTPUTS, UsageError, command, error, int_range, path_arg,
+                     picture_replaceable, writable_dir, writable_file)
 
 BLOCK = 1024             # lines decoded at a time
 GRID_MAX = 10_000        # images in one --grid picture
@@ -199,7 +199,7 @@ def _decode_target(args) -> Path:
     """--out, checked and its folder made: a .png file with --grid, else a folder."""
     if args.grid:
         out = Path(args.out) if args.out else OUTPUTS / "decoded.png"
-        if out.is_dir():
+        if out.is_dir() or (args.out or "").endswith(("/", os.sep)):     # a folder, maybe new
             out = out / "grid.png"
         if out.suffix.lower() != ".png":
             raise UsageError(f"--out {out}: --grid writes one PNG; name a .png file or a folder")
@@ -237,6 +237,7 @@ def _bpp_hint(length, bpp: int) -> str:
 
 def _save_pngs(levels, paths, args, out: Path) -> None:
     for lv, p in zip(levels, paths):
+        picture_replaceable(p, "--out")
         try:
             Image.fromarray(_gray(lv, args.bpp).repeat(args.scale, 0).repeat(args.scale, 1)).save(p)
         except OSError as e:

@@ -19,8 +19,9 @@ from .. import codec, data, render
 from ..api import Model, examples
 from ..progress import console
 from .common import (OUTPUTS, UsageError, command, deliver_lines, describe, device_arg,
-                     int_range, load_model, parse_digits, path_arg, positive_temperature, seed,
-                     stdout_is_pipe, temperature, top_p, writable_dir, writable_file, write_atomic)
+                     int_range, load_model, parse_digits, path_arg, picture_replaceable,
+                     positive_temperature, seed, stdout_is_pipe, temperature, top_p, writable_dir,
+                     writable_file, write_atomic)
 
 
 PICTURE_PIXELS = 12_000_000   # in one grid or figure: torchvision builds it in float RGB (~36 B/px)
@@ -91,6 +92,8 @@ def cmd_generate(args) -> int:
         raise UsageError(f"--keep {args.keep}: at most --candidates ({args.candidates})")
     _check_picture_sizes(args)
     img_dir = writable_dir(args.img_dir, "--img-dir")       # checked before minutes of sampling
+    for name in _picture_names(args):
+        picture_replaceable(img_dir / name, "--img-dir")
     out = writable_file(args.out, "--out", "lines") if args.out else None
     if args.temperature == 0:
         console.print("note: --temperature 0 is greedy decoding: every candidate of a digit is "
@@ -130,6 +133,12 @@ def _check_picture_sizes(args) -> None:
                          f"lower --scale, --keep or --candidates")
     if args.gif and args.keep > GIF_MAX:
         raise UsageError(f"--gif: at most {GIF_MAX} kept images per digit, not --keep {args.keep}")
+
+
+def _picture_names(args) -> list[str]:
+    """The files generate writes into --img-dir (_save_pictures, and the grid)."""
+    names = [f"{d}.png" for d in args.digits] + [f"{d}.gif" for d in args.digits if args.gif]
+    return names + (["grid.png"] if len(args.digits) > 1 and not args.show_all else [])
 
 
 def _save_pictures(args, g, img_dir: Path, bpp: int) -> None:

@@ -170,8 +170,9 @@ def add_classifier_args(k) -> None:
     k.add_argument("--force", action="store_true", help="replace a classifier already in --out")
     k.add_argument("--arch", choices=sorted(classifier_train.EPOCHS), default="cnn",
                    help="cnn = the reranker, resnet = the evaluation classifier")
-    k.add_argument("--width", type=int_range(1, 4096), help="channels (default: the arch's preset)")
-    k.add_argument("--feat-dim", type=int_range(1, 65536),
+    k.add_argument("--width", type=int_range(1, classifier.MAX_WIDTH),
+                   help="channels (default: the arch's preset)")
+    k.add_argument("--feat-dim", type=int_range(1, classifier.MAX_FEAT_DIM),
                    help="penultimate features (default: the arch's preset)")
     k.add_argument("--dropout", type=float_range(0, 1, lo_open=False),
                    help="dropout (default: the arch's preset)")
@@ -196,6 +197,13 @@ def cmd_train_classifier(args) -> int:
                          f"or choose another folder")
     if out.is_dir() and not (out / "config.json").exists() and any(out.iterdir()):
         raise UsageError(f"--out {out}: a folder with other files; choose a new or empty one")
+    if (out / "config.json").exists():      # --force: only a classifier, and nothing beside it
+        try:
+            classifier.ClassifierConfig.from_dict(checkpoint.read_json(out / "config.json"))
+        except (checkpoint.CheckpointError, TypeError, ValueError):
+            raise UsageError(f"--out {out}: holds a checkpoint that is not a classifier; "
+                             f"choose another folder") from None
+    replaceable(out)
     writable_dir(out.parent if str(out.parent) else Path("."), "--out")
     over = {k: v for k, v in (("width", args.width), ("feat_dim", args.feat_dim),
                               ("dropout", args.dropout)) if v is not None}
@@ -216,12 +224,21 @@ def cmd_train_classifier(args) -> int:
     return 0
 
 
+def replaceable(out: Path) -> None:
+    """checkpoint.check_replaceable, its refusal naming --out."""
+    try:
+        checkpoint.check_replaceable(out)
+    except checkpoint.CheckpointError as e:
+        raise UsageError(f"--out {e}") from None
+
+
 def check_ship_target(src: Path, out: Path, force: bool) -> None:
     """Refuse to overwrite what a user would not want overwritten, unless --force."""
     s, o = src.resolve(), out.resolve()
     if o in s.parents:
         raise UsageError(f"--out {out}: holds the checkpoint being shipped ({src}); choose another")
     if force:
+        replaceable(out)
         return
     if o == s or s in o.parents:
         raise UsageError(f"--out {out}: is the checkpoint being shipped; add --force to rewrite it")
