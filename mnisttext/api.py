@@ -13,6 +13,7 @@ when several threads share one (the web server does).
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +55,14 @@ class Model:
 
     def __init__(self, checkpoint_dir=None, classifier_dir=None, device="auto", dtype="auto"):
         self.device = runtime.resolve_device(device)
-        self.checkpoint_dir = Path(checkpoint_dir or paths.shipped("gpt"))
+        self.checkpoint_dir = _folder(checkpoint_dir, "checkpoint_dir") or paths.shipped("gpt")
         self.net, self.config, self.tokenizer = checkpoint.load_model(self.checkpoint_dir, self.device)
         self.sampler = prepare_for_sampling(self.net, dtype)
         self.dtype = dtype
         self.grammar = tk.Grammar.of(self.tokenizer)
         self.bpp = codec.bpp_of_length(self.config.block_size)
-        self.reranker, _ = load_classifier(classifier_dir or paths.shipped("classifier"), self.device)
+        self.reranker, _ = load_classifier(_folder(classifier_dir, "classifier_dir")
+                                           or paths.shipped("classifier"), self.device)
         self.lock = threading.Lock()
 
     def settings(self, temperature=0.8, top_k=None, top_p=None) -> sample.SampleSettings:
@@ -115,9 +117,10 @@ class Model:
         n_sym = codec.n_symbols(self.bpp)
         keep = symbols if symbols is not None else rows * codec.SIDE * self.bpp // codec.SYMBOL_BITS
         if isinstance(keep, bool) or not isinstance(keep, int) or not 0 <= keep < n_sym:
-            raise ValueError(f"rows/symbols: keep between 0 and {n_sym - 1} symbols "
-                             f"(0..{codec.SIDE - 1} rows), got {keep}")
-        self._check_counts(samples, 1)
+            if symbols is None:
+                raise ValueError(f"rows: expected 0..{codec.SIDE - 1}, got {rows!r}")
+            raise ValueError(f"symbols: expected 0..{n_sym - 1}, got {symbols!r}")
+        self._check_counts(samples, 1, "samples")
         prefixes = tk.encode_lines(self.tokenizer, [line[:1 + keep] for line in lines])
         step = None
         if on_step:
@@ -144,9 +147,9 @@ class Model:
             return line_or_levels
         return encode(to_levels(line_or_levels), check_digit(label))
 
-    def _check_counts(self, n, keep):
+    def _check_counts(self, n, keep, what="candidates"):
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.max_candidates:
-            raise ValueError(f"candidates: expected 1..{self.max_candidates}, got {n!r}")
+            raise ValueError(f"{what}: expected 1..{self.max_candidates}, got {n!r}")
         if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= n:
             raise ValueError(f"keep: expected 1..{n} (the candidates), got {keep!r}")
 
@@ -184,9 +187,21 @@ def check_top(top_k, top_p) -> None:
         raise ValueError(f"top_p: expected a number in 1e-6..1, got {top_p!r}")
 
 
+def _folder(path, name: str) -> Path | None:
+    """A checkpoint folder argument: None (the shipped one) or a non-empty path."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a folder path, got {path!r}")
+    if not str(path).strip():
+        raise ValueError(f"{name}: an empty path (None means the shipped one)")
+    return Path(path)
+
+
 def load(checkpoint_dir=None, classifier=None, device="auto", dtype="auto") -> Model:
     """The shipped model (or the checkpoint directory given) with the shipped reranker."""
-    return Model(checkpoint_dir, classifier, device, dtype)
+    return Model(_folder(checkpoint_dir, "checkpoint_dir"), _folder(classifier, "classifier"),
+                 device, dtype)
 
 
 def examples() -> list[str]:

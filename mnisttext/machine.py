@@ -78,7 +78,9 @@ def _write_cache(key: str, entry: dict) -> None:
 
 def _forced(choices=("bf16", "fp32")) -> str | None:
     """MNISTTEXT_DTYPE where it names one of `choices` (training's, or the sampler's)."""
-    forced = os.environ.get("MNISTTEXT_DTYPE", "").lower()
+    forced = os.environ.get("MNISTTEXT_DTYPE", "").strip().lower()
+    if forced not in ("", "fp32", "bf16", "int8"):      # a typo must not silently mean "auto"
+        raise ValueError(f"MNISTTEXT_DTYPE={forced!r}: expected fp32, bf16 or int8 (or unset)")
     return forced if forced in choices else None
 
 

@@ -577,16 +577,16 @@ def run(args: argparse.Namespace) -> int:
         _fastapi()
         import uvicorn  # the optional [serve] extra: imported only when serving
     except ImportError:
-        print(f"mnisttext serve: {INSTALL_HINT}", file=sys.stderr)
+        print(f"error: {INSTALL_HINT}", file=sys.stderr)
         return 2
     if not 0 <= args.port <= 65535 or args.max_queue < 1 or args.max_candidates < 1:
-        print("mnisttext serve: --port must be in 0..65535, --max-queue and --max-candidates "
+        print("error: --port must be in 0..65535, --max-queue and --max-candidates "
               ">= 1", file=sys.stderr)
         return 2
     try:
         sock = bind(args.host, args.port)
     except OSError as e:
-        print(f"mnisttext serve: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
+        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}",
               file=sys.stderr)
         return 2
     from .api import load  # torch comes with it: only when a model is served
@@ -595,7 +595,7 @@ def run(args: argparse.Namespace) -> int:
         model = load(args.checkpoint, args.classifier, args.device, args.dtype)
     except (OSError, ValueError, RuntimeError) as e:
         sock.close()
-        print(f"mnisttext serve: cannot load the model: {e}", file=sys.stderr)
+        print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
     app = create_app(model, max_queue=args.max_queue, max_candidates=args.max_candidates)
     print(f"mnisttext serve: model loaded in {time.perf_counter() - t0:.1f} s; "

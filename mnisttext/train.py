@@ -148,6 +148,8 @@ class State:
             ok = isinstance(v, (int, float)) if kind is float else isinstance(v, kind)
             if isinstance(v, bool) or not ok or (kind is float and math.isnan(v)):
                 raise CheckpointError(f"{path}: state.{f.name}: expected {kind.__name__}, got {v!r}")
+            if kind in (int, float) and v < 0:     # steps, tokens, seconds, NLL: never negative
+                raise CheckpointError(f"{path}: state.{f.name}: expected >= 0, got {v!r}")
             kept[f.name] = float(v) if kind is float else v
         return cls(**kept)
 

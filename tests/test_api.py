@@ -65,8 +65,12 @@ def test_complete_keeps_the_given_rows(model):
     assert len(lines) == 3 and all(l[:61] == line[:61] for l in lines)
     _, levels = mnisttext.decode(line)
     assert model.complete(levels, rows=12, samples=3, seed=1, label=int(line[0])) == lines
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match="rows: expected 0..29, got 30"):
         model.complete(line, rows=30)
+    with pytest.raises(ValueError, match="symbols: expected 0..149, got 150"):
+        model.complete(line, symbols=150)
+    with pytest.raises(ValueError, match="samples: expected 1..1024, got 0"):
+        model.complete(line, samples=0)
 
 
 def test_classify_agrees_with_the_label_on_test_lines(model):
@@ -86,3 +90,10 @@ def test_classify_agrees_with_the_label_on_test_lines(model):
 def test_bad_arguments_name_the_field(model, call, field):
     with pytest.raises(ValueError, match=field):
         call(model)
+
+
+def test_load_refuses_an_empty_or_non_path_folder():
+    with pytest.raises(ValueError, match="checkpoint_dir: an empty path"):
+        mnisttext.load("")
+    with pytest.raises(TypeError, match="classifier: expected a folder path, got 5"):
+        mnisttext.load(classifier=5)

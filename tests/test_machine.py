@@ -57,6 +57,9 @@ def test_forced_dtypes(monkeypatch):
         assert not torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError):
         runtime.use_bf16("cpu", "fp16")
+    monkeypatch.setenv("MNISTTEXT_DTYPE", "fp61")       # a typo is refused, not taken as auto
+    with pytest.raises(ValueError, match="MNISTTEXT_DTYPE='fp61': expected fp32, bf16 or int8"):
+        machine.cpu_dtype_choice()
 
 
 def fake_steps(monkeypatch, times, int8=1.0):

@@ -371,6 +371,10 @@ def test_corrupt_and_foreign_checkpoints_give_clear_errors(tmp_path, small_corpu
     assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "4",
                     "--resume"]) == 2
     assert "state.json: state.step: expected int" in capsys.readouterr().err
+    state.write_text(good.replace('"step": 2', '"step": -5'))
+    assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "4",
+                    "--resume"]) == 2
+    assert "state.json: state.step: expected >= 0, got -5" in capsys.readouterr().err
     state.write_text(good)
     (run / "last" / "state.safetensors").write_bytes(b"garbage")
     assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "4",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -169,6 +170,10 @@ def parse_digits(spec: str) -> list[int]:
     out = []
     for part in spec.split(","):
         part = part.strip()
+        if not re.fullmatch(r"\d+(-\d+)?", part, re.ASCII) or \
+                any(len(x) > 1 and 0 <= int(x) <= 9 for x in part.split("-")):
+            # '09' or '+3' is likely a typo of '0-9' or '3': refuse rather than guess
+            raise argparse.ArgumentTypeError(f"{part!r} is not a digit or a range like 0-9")
         try:
             if "-" in part:
                 a, b = (int(x) for x in part.split("-", 1))

@@ -112,6 +112,8 @@ def _plan(args) -> tuple[list[str], list[str], list[str]]:
     corpora = args.corpora.split(",") if args.corpora else [args.corpus] * len(checkpoints)
     if len(corpora) != len(checkpoints):
         raise UsageError(f"--corpora has {len(corpora)} entries for {len(checkpoints)} checkpoints")
+    if not all(c.strip() for c in corpora):
+        raise UsageError(f"--corpora {args.corpora}: an empty entry; name a corpus folder for each")
     if len(set(names)) != len(names) or not all(n.strip() for n in names):
         raise UsageError(f"--names {args.names}: every column needs a name of its own")
     return checkpoints, names, corpora

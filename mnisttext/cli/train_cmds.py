@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .. import checkpoint, classifier, classifier_train, config, paths, train
 from ..progress import TrainReporter, bar, console
-from .common import UsageError, command, device_arg, float_range, int_range, writable_dir
+from .common import (UsageError, command, device_arg, float_range, int_range, path_arg,
+                     writable_dir)
 
 GROUPS = {"run": "the run", "model": "the model (defaults per --preset, which is per recipe)",
           "data": "the data", "schedule": "the schedule", "evaluation": "evaluation and checkpoints",
@@ -50,7 +51,7 @@ def register(sub) -> None:
         "mnisttext generate --checkpoint my_checkpoints/gpt --digits 0-9",
         "mnisttext ship runs/flagship2/best --out checkpoints/gpt --force   # replace the shipped one"])
     s.add_argument("run_checkpoint", help="a run's checkpoint, e.g. runs/flagship/best")
-    s.add_argument("--out", required=True, help="destination folder")
+    s.add_argument("--out", required=True, type=path_arg, help="destination folder")
     s.add_argument("--force", action="store_true",
                    help="replace a checkpoint already there (also a shipped one, or the source)")
     s.set_defaults(func=cmd_ship)
