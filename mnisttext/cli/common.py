@@ -171,7 +171,7 @@ def parse_digits(spec: str) -> list[int]:
     for part in spec.split(","):
         part = part.strip()
         if not re.fullmatch(r"\d+(-\d+)?", part, re.ASCII) or \
-                any(len(x) > 1 and 0 <= int(x) <= 9 for x in part.split("-")):
+                any(len(x) > 1 and x.startswith("0") for x in part.split("-")):
             # '09' or '+3' is likely a typo of '0-9' or '3': refuse rather than guess
             raise argparse.ArgumentTypeError(f"{part!r} is not a digit or a range like 0-9")
         try:
