@@ -64,27 +64,37 @@ def exists(path) -> bool:
         (path.with_name(path.name + ".old") / "config.json").exists()
 
 
-# what a checkpoint folder may hold (write_dir replaces nothing else)
+# what a checkpoint folder may hold (write_dir replaces nothing else), and what a file browser
+# leaves in any folder it shows (not a user's work)
 CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json", "metadata.json",
                               "metrics.json", "state.json", "state.safetensors"})
+BROWSER_JUNK = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
 def check_replaceable(path) -> None:
     """Raise CheckpointError unless write_dir may put a checkpoint at `path`: nothing there, an
-    empty folder, or a checkpoint folder holding only a checkpoint's files (not a link)."""
+    empty folder, or a checkpoint folder holding only a checkpoint's files (not a link). The
+    same for `path`.old, which the swap deletes."""
     path = Path(path)
-    if path.is_symlink():       # the swap would replace the link, not the folder it names
-        raise CheckpointError(f"{path}: is a symbolic link; give the folder itself")
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"{path}: exists and is not a folder; not replacing it")
-    if path.is_dir() and not (path / "config.json").exists() and any(path.iterdir()):
-        raise CheckpointError(f"{path}: exists and is not a checkpoint folder; not replacing it")
-    foreign = sorted(e.name for e in path.iterdir() if e.name not in CHECKPOINT_FILES) \
-        if path.is_dir() else []
-    if foreign:                 # a user's files beside the checkpoint: the swap would delete them
-        raise CheckpointError(f"{path}: also holds files that are not a checkpoint's "
-                              f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
-                              f"not replacing it")
+    for p in (path, path.with_name(path.name + ".old")):
+        if p.is_symlink():      # the swap would replace the link, not the folder it names
+            raise CheckpointError(f"{p}: is a symbolic link; give the folder itself")
+        if p.exists() and not p.is_dir():
+            raise CheckpointError(f"{p}: exists and is not a folder; not replacing it")
+        if p.is_dir() and not (p / "config.json").exists() and any(p.iterdir()):
+            raise CheckpointError(f"{p}: exists and is not a checkpoint folder; not replacing it")
+        foreign = sorted(e.name for e in p.iterdir() if not _own_file(e)) if p.is_dir() else []
+        if foreign:             # a user's files beside the checkpoint: the swap would delete them
+            raise CheckpointError(f"{p}: also holds files that are not a checkpoint's "
+                                  f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''});"
+                                  f" not replacing it")
+
+
+def _own_file(entry: Path) -> bool:
+    """A checkpoint's own file (a regular file of its names), or a file browser's litter."""
+    if entry.name in BROWSER_JUNK:
+        return not entry.is_dir() or entry.is_symlink()
+    return entry.name in CHECKPOINT_FILES and entry.is_file() and not entry.is_symlink()
 
 
 def write_dir(path, tensors: dict[str, dict[str, torch.Tensor]], jsons: dict[str, object],
@@ -214,7 +224,7 @@ def read_json(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
-        raise CheckpointError(f"{path}: not a config (nested too deeply)") from None
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return obj

@@ -92,8 +92,8 @@ def open_images(root, train: bool, dataset: str = "mnist", download: bool = Fals
             raise DataError(f"--download {dataset}: failed ({e})") from None
     if not (raw / img_name).exists():
         raise DataError(f"{raw / img_name}: missing. Put the IDX files ({', '.join(IDX_FILES[True] + IDX_FILES[False])}) "
-                        f"in {raw}/ (torchvision's MNIST/raw layout); `mnisttext export --download` fetches them "
-                        f"where there is internet")
+                        f"in {raw}/ (torchvision's MNIST/raw layout); `mnisttext export --data-root {root} "
+                        f"--dataset {dataset} --download` fetches them where there is internet")
     images = read_idx(raw / img_name, 3)
     labels = read_idx(raw / lab_name, 1)
     if images.shape[1:] != (28, 28):

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from . import env
+
 MARGIN = 1.1            # bf16 must beat fp32 by this factor to be chosen (timings are noisy)
 DECODE_ROWS = (64, 640)  # decode batches timed: one digit's candidates, and all ten digits'
 MAX_ROWS = 1024          # the most rows a decode batch may hold
@@ -78,9 +80,7 @@ def _write_cache(key: str, entry: dict) -> None:
 
 def _forced(choices=("bf16", "fp32")) -> str | None:
     """MNISTTEXT_DTYPE where it names one of `choices` (training's, or the sampler's)."""
-    forced = os.environ.get("MNISTTEXT_DTYPE", "").strip().lower()
-    if forced not in ("", "fp32", "bf16", "int8"):      # a typo must not silently mean "auto"
-        raise ValueError(f"MNISTTEXT_DTYPE={forced!r}: expected fp32, bf16 or int8 (or unset)")
+    forced = env.forced_dtype()
     return forced if forced in choices else None
 
 

@@ -529,6 +529,12 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+def _folder_arg(text: str) -> str:
+    if not text.strip():     # an empty path would quietly mean the shipped model
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `mnisttext serve` flags (the CLI makes the sub-parser and calls run(args)). The
     examples epilog and formatter are set only where the caller's parser has none."""
@@ -539,9 +545,9 @@ def add_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     if not parser.description:
         parser.description = ("Serve the local web page and JSON API: generate digits live, "
                               "draw half a digit and see it completed.")
-    parser.add_argument("--checkpoint", default=None,
+    parser.add_argument("--checkpoint", default=None, type=_folder_arg,
                         help="character model directory (default: the shipped checkpoints/gpt)")
-    parser.add_argument("--classifier", default=None,
+    parser.add_argument("--classifier", default=None, type=_folder_arg,
                         help="reranker directory (default: the shipped checkpoints/classifier)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; keep 127.0.0.1 unless you mean to share it")

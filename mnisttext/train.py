@@ -256,6 +256,16 @@ def holds_run(out: Path) -> bool:
     return any((out / name).exists() for name in RUN_FILES)
 
 
+def check_saves_replaceable(out: Path, flag: str) -> None:
+    """The run's saves (last/, best/) hold only a checkpoint's files: --force deletes them and
+    training replaces them, so a user's file there is refused before any work."""
+    for name in ("last", "best"):
+        try:
+            checkpoint.check_replaceable(out / name)
+        except checkpoint.CheckpointError as e:
+            raise RunDirError(f"{flag}: {e}") from None
+
+
 def plan_run(recipe: str = "default", flags: dict | None = None) -> Plan:
     """Decide how a run starts, from the flags and what --out holds; reads files, writes none.
 
@@ -273,6 +283,8 @@ def plan_run(recipe: str = "default", flags: dict | None = None) -> Plan:
         raise RunDirError("--resume continues the run, --force replaces it: choose one")
     if paths.is_shipped(out):
         raise RunDirError(f"--out {out}: that is a shipped checkpoint folder; choose another")
+    if resume or force:
+        check_saves_replaceable(out, "--resume" if resume else "--force")
     if resume:
         if not checkpoint.exists(out / "last"):
             raise RunDirError(f"--resume: {out} has no last/ checkpoint to continue; leave out "

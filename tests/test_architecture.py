@@ -9,7 +9,7 @@ from conftest import ROOT
 PKG = ROOT / "mnisttext"
 # lowest first: a module may import only modules on earlier lines
 LAYERS = [
-    ["paths"], ["codec"], ["text", "tokenizer"], ["data"], ["machine"], ["runtime", "muon"], ["kvcache"], ["int8"],
+    ["paths", "env"], ["codec"], ["text", "tokenizer"], ["data"], ["machine"], ["runtime", "muon"], ["kvcache"], ["int8"],
     ["gru"], ["model"], ["checkpoint"], ["packing"], ["classifier"], ["classifier_train"],
     ["sample"], ["tuning"], ["metrics"], ["render"], ["progress"], ["evaluate"], ["config"], ["train"],
     ["api"], ["serve"], ["cli.common"], ["cli.data_cmds", "cli.sample_cmds", "cli.eval_cmd",

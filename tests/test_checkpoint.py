@@ -196,3 +196,14 @@ def test_train_classifier_never_overwrites_by_default(tmp_path, capsys, monkeypa
     assert run_cli(["train-classifier", "--out", "mine"]) == 2
     assert "--force" in capsys.readouterr().err
     assert run_cli(["train-classifier", "--lr", "nan"]) == 2
+
+
+def test_check_replaceable_takes_a_checkpoints_files_and_browser_litter_only(tmp_path):
+    d = tmp_path / "ck"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / ".DS_Store").write_bytes(b"\0")
+    checkpoint.check_replaceable(d)
+    (d / "state.json").mkdir()               # a checkpoint's name, but a user's folder
+    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint's \\(state.json\\)"):
+        checkpoint.check_replaceable(d)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from mnisttext import kvcache, machine, runtime, sample, tuning
+from mnisttext import env, kvcache, machine, runtime, sample, tuning
 from mnisttext.model import PRESETS, GPTConfig, build_model
 from mnisttext.packing import build_sampler
 from mnisttext.tuning import prepare_for_sampling
@@ -58,8 +58,10 @@ def test_forced_dtypes(monkeypatch):
     with pytest.raises(ValueError):
         runtime.use_bf16("cpu", "fp16")
     monkeypatch.setenv("MNISTTEXT_DTYPE", "fp61")       # a typo is refused, not taken as auto
-    with pytest.raises(ValueError, match="MNISTTEXT_DTYPE='fp61': expected fp32, bf16 or int8"):
+    with pytest.raises(ValueError, match="MNISTTEXT_DTYPE='fp61': expected fp32, bf16, int8 or auto"):
         machine.cpu_dtype_choice()
+    monkeypatch.setenv("MNISTTEXT_DTYPE", "Auto")
+    assert env.forced_dtype() is None
 
 
 def fake_steps(monkeypatch, times, int8=1.0):

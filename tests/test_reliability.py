@@ -156,6 +156,10 @@ def _user_files_beside_outputs(W: Path) -> None:
     (W / "ck_notes" / "NOTES.md").write_text("a user's notes beside a checkpoint")
     shutil.copytree(W / "ck", W / "ck_target")
     (W / "ck_link").symlink_to(W / "ck_target")
+    (W / "piclink").mkdir()
+    (W / "piclink" / "3.png").symlink_to(W / "notes.txt")
+    (W / "mine.old").mkdir()
+    (W / "mine.old" / "thesis.tex").write_text("a user's folder named like a swap's leftover")
     shutil.copytree(W / "ck", W / "run_init" / "best")
     (W / "run_init" / "args.json").write_text('{"init_from": 5}')
     for name, width in (("clf_huge", 10 ** 6), ("clf_str", "4")):
@@ -164,7 +168,7 @@ def _user_files_beside_outputs(W: Path) -> None:
 
 
 PROTECTED = ("corpus", "notes.txt", "photos", "shipped", "lines.txt", "ck", "afile", "pics",
-             "ck_notes", "ck_target")
+             "ck_notes", "ck_target", "mine.old")
 
 
 def state(W: Path) -> dict:
@@ -318,6 +322,8 @@ CASES = [
     # ship, train-classifier: what --force may replace
     (["ship", "{W}/ck", "--out", "{W}/ck_notes", "--force"], "not a checkpoint's (NOTES.md)"),
     (["ship", "{W}/ck", "--out", "{W}/ck_link", "--force"], "symbolic link"),
+    (["ship", "{W}/ck", "--out", "{W}/mine"], "mine.old: exists and is not a checkpoint folder"),
+    ([*GEN, "--img-dir", "{W}/piclink"], "3.png there is a link"),
     (["ship", "{W}/run_init/best", "--out", "{W}/s1"], "args.json: init_from: expected a path"),
     (["train-classifier", "--corpus", "{W}/corpus", "--out", "{W}/ck_target", "--force"],
      "not a classifier"),

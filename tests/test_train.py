@@ -215,6 +215,31 @@ def test_an_existing_run_needs_resume_or_force(tmp_path, small_corpus, capsys):
     assert last_step(run) == 2 and "resumed" not in json.loads((run / "args.json").read_text())["machine"]
 
 
+def test_force_and_resume_refuse_a_users_file_in_the_saves_before_any_work(
+        tmp_path, small_corpus, capsys, monkeypatch):
+    run = tmp_path / "r"
+    fit(run, small_corpus, "--max-steps", "2")
+    before = weights(run / "best")
+    (run / "best" / "NOTES.md").write_text("a user's notes")
+    capsys.readouterr()
+    for flag in ("--force", "--resume"):
+        assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "4",
+                        flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag}: " in err and "(NOTES.md)" in err
+    assert (run / "best" / "NOTES.md").read_text() == "a user's notes" and last_step(run) == 2
+    (run / "best" / "NOTES.md").unlink()
+    (run / "best" / ".DS_Store").write_bytes(b"\0")        # a file browser's litter is no work
+    monkeypatch.setenv("MNISTTEXT_DTYPE", "bf61")          # a typo: refused before --force deletes
+    assert run_cli(["train", "--corpus", small_corpus, "--out", run, *TINY, "--max-steps", "4",
+                    "--force"]) == 2
+    assert "MNISTTEXT_DTYPE='bf61'" in capsys.readouterr().err
+    assert all(torch.equal(before[k], v) for k, v in weights(run / "best").items())
+    monkeypatch.delenv("MNISTTEXT_DTYPE")
+    fit(run, small_corpus, "--max-steps", "2", "--force")
+    assert last_step(run) == 2 and not (run / "best" / ".DS_Store").exists()
+
+
 def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, small_corpus, capsys):
     run = tmp_path / "r"
     with checkpoint.RunLock(run):

@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-from .. import __version__
+from .. import __version__, env
 from .common import EXIT_BAD_INPUT, EXIT_BUG, describe, error, user_errors
 
 COMMANDS = ("data_cmds", "sample_cmds", "eval_cmd", "train_cmds", "serve_cmd")
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     parser = build_parser((light,) if light else COMMANDS)
     args = parser.parse_args(argv)
     try:
+        env.check()
         return args.func(args)
     except KeyboardInterrupt:
         error("interrupted")

@@ -265,8 +265,9 @@ def writable_file(path, flag: str, kind: str = "lines") -> Path:
 def picture_replaceable(path: Path, flag: str) -> None:
     """Raise a UsageError if writing the picture `path` (a name an output folder's command
     chose) would replace something that is not a picture: a user's file of that name."""
-    if path.is_dir() or (path.is_file() and not _holds_kind(path, "image")):
-        what = "a folder" if path.is_dir() else "a file that is not a picture"
+    if path.is_symlink() or path.is_dir() or (path.is_file() and not _holds_kind(path, "image")):
+        what = ("a link (writing would go through it)" if path.is_symlink() else
+                "a folder" if path.is_dir() else "a file that is not a picture")
         raise UsageError(f"{flag} {path.parent}: {path.name} there is {what}; not overwriting it "
                          f"(choose another folder, or move it)")
 

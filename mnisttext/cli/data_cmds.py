@@ -236,8 +236,9 @@ def _bpp_hint(length, bpp: int) -> str:
 
 
 def _save_pngs(levels, paths, args, out: Path) -> None:
-    for lv, p in zip(levels, paths):
+    for p in paths:                 # the whole block checked before any of it is written
         picture_replaceable(p, "--out")
+    for lv, p in zip(levels, paths):
         try:
             Image.fromarray(_gray(lv, args.bpp).repeat(args.scale, 0).repeat(args.scale, 1)).save(p)
         except OSError as e:

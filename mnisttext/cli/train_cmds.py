@@ -201,8 +201,8 @@ def cmd_train_classifier(args) -> int:
     if (out / "config.json").exists():      # --force: only a classifier, and nothing beside it
         try:
             classifier.ClassifierConfig.from_dict(checkpoint.read_json(out / "config.json"))
-        except (checkpoint.CheckpointError, TypeError, ValueError):
-            raise UsageError(f"--out {out}: holds a checkpoint that is not a classifier; "
+        except (checkpoint.CheckpointError, TypeError, ValueError) as e:
+            raise UsageError(f"--out {out}: holds a checkpoint that is not a classifier ({e}); "
                              f"choose another folder") from None
     replaceable(out)
     writable_dir(out.parent if str(out.parent) else Path("."), "--out")
@@ -247,6 +247,7 @@ def check_ship_target(src: Path, out: Path, force: bool) -> None:
         raise UsageError(f"--out {out}: is a shipped checkpoint folder; add --force to replace it")
     if o.exists() and (not o.is_dir() or any(o.iterdir())):
         raise UsageError(f"--out {out}: already exists; add --force to replace it")
+    replaceable(out)
 
 
 def cmd_ship(args) -> int:
