@@ -232,11 +232,16 @@ def writable_dir(path, flag: str) -> Path:
     return path
 
 
+def names_a_folder(text) -> bool:
+    """Whether a path as typed ends in a separator (Path() drops it, and with it the intent)."""
+    return str(text).endswith(("/", os.sep))
+
+
 def writable_file(path, flag: str, kind: str = "lines") -> Path:
     """The file `path` can be written, its folder is made, and if it exists it holds what this
     command writes (kind "lines": lines of the format; "image": a picture), so replacing it
     loses nothing the user made. Special files (/dev/null, /dev/stdout) are fine."""
-    if str(path).endswith(("/", os.sep)) and not Path(path).is_dir():   # Path() would drop it
+    if names_a_folder(path) and not Path(path).is_dir():
         raise UsageError(f"{flag} {path}: ends in '/', a folder name; expected a file name")
     path = Path(path)
     if path.is_dir():

@@ -23,7 +23,7 @@ from PIL import Image
 
 from .. import codec, data
 from ..progress import bar, console
-from .common import (OUTPUTS, UsageError, command, error, int_range, path_arg,
+from .common import (OUTPUTS, UsageError, command, error, int_range, names_a_folder, path_arg,
                      picture_replaceable, writable_dir, writable_file)
 
 BLOCK = 1024             # lines decoded at a time
@@ -199,7 +199,7 @@ def _decode_target(args) -> Path:
     """--out, checked and its folder made: a .png file with --grid, else a folder."""
     if args.grid:
         out = Path(args.out) if args.out else OUTPUTS / "decoded.png"
-        if out.is_dir() or (args.out or "").endswith(("/", os.sep)):     # a folder, maybe new
+        if out.is_dir() or names_a_folder(args.out or ""):     # a folder, maybe a new one
             out = out / "grid.png"
         if out.suffix.lower() != ".png":
             raise UsageError(f"--out {out}: --grid writes one PNG; name a .png file or a folder")

@@ -238,15 +238,15 @@ def check_ship_target(src: Path, out: Path, force: bool) -> None:
     s, o = src.resolve(), out.resolve()
     if o in s.parents:
         raise UsageError(f"--out {out}: holds the checkpoint being shipped ({src}); choose another")
-    if force:
-        replaceable(out)
-        return
-    if o == s or s in o.parents:
-        raise UsageError(f"--out {out}: is the checkpoint being shipped; add --force to rewrite it")
-    if paths.is_shipped(o):
-        raise UsageError(f"--out {out}: is a shipped checkpoint folder; add --force to replace it")
-    if o.exists() and (not o.is_dir() or any(o.iterdir())):
-        raise UsageError(f"--out {out}: already exists; add --force to replace it")
+    if not force:
+        if o == s or s in o.parents:
+            raise UsageError(f"--out {out}: is the checkpoint being shipped; add --force to "
+                             f"rewrite it")
+        if paths.is_shipped(o):
+            raise UsageError(f"--out {out}: is a shipped checkpoint folder; add --force to "
+                             f"replace it")
+        if o.exists() and (not o.is_dir() or any(o.iterdir())):
+            raise UsageError(f"--out {out}: already exists; add --force to replace it")
     replaceable(out)
 
 
