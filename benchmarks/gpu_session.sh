@@ -15,7 +15,7 @@
 #    given minutes twice at once on the one GPU: AdamW (the shipped recipe's optimizer) and Muon
 #    (the one the ablations kept), each with dropout 0.1 (~40 passes over the training lines);
 #    SHIFT=0.5 trains both with shift augmentation (--shift-aug 0.5), the next thing to try for
-#    a model that overfits;
+#    a model that overfits; OPTIMIZERS=muon trains the Muon model alone;
 # 4. `mnisttext eval` of each run's best/ on the full test split.
 # What matters comes back under $OUT: session.log, speed.json, <run>_metrics.jsonl,
 # <run>_eval.json, configs.tgz (the runs' config.json and args.json).
@@ -26,6 +26,7 @@ DEV=${DEVICE:-cuda}
 PARTS=${PARTS:-smoke speed train}   # which of parts 1-3 to run (4 follows 3)
 DROPOUT=${DROPOUT:-0.1}
 SHIFT=${SHIFT:-0}
+read -r -a OPTS <<< "${OPTIMIZERS:-adamw muon}"
 read -r -a EVAL <<< "${EVAL_ARGS:-}"
 OUT=${OUT:-runs/gpu_out}
 W=runs/gpu
@@ -59,21 +60,23 @@ COMMON=(--recipe flagship --n-layer 8 --n-embd 512 --n-head 8 --n-kv-head 2 --ro
         --act relu2 --zero-init-proj --dropout $DROPOUT --shift-aug $SHIFT --batch-size 128 --lr 1e-3 --warmup-steps 200
         --epochs 1000 --minutes "$MIN" --eval-every 30 --eval-images 1000 --final-eval-images 1000
         --log-every 100 --device $DEV --force)
-$PY -m mnisttext train "${COMMON[@]}" --optimizer adamw --out "$W/adamw" > "$W/adamw.log" 2>&1 &
-A=$!
-$PY -m mnisttext train "${COMMON[@]}" --optimizer muon --muon-lr 0.02 --out "$W/muon" > "$W/muon.log" 2>&1 &
-M=$!
-wait $A; say "adamw rc=$?"; wait $M; say "muon rc=$?"
-for r in adamw muon; do
+declare -A EXTRA=([adamw]="" [muon]="--muon-lr 0.02")
+declare -A PID=()
+for r in "${OPTS[@]}"; do
+    read -r -a X <<< "${EXTRA[$r]}"
+    $PY -m mnisttext train "${COMMON[@]}" --optimizer "$r" "${X[@]}" --out "$W/$r" > "$W/$r.log" 2>&1 &
+    PID[$r]=$!
+done
+for r in "${OPTS[@]}"; do wait "${PID[$r]}"; say "$r rc=$?"; done
+for r in "${OPTS[@]}"; do
     tail -n 5 "$W/$r.log" >> "$LOG"
     cp "$W/$r/metrics.jsonl" "$OUT/${r}_metrics.jsonl" 2>/dev/null
 done
 
 say "4. eval (full test split)"
-for r in adamw muon; do
+for r in "${OPTS[@]}"; do
     $PY -m mnisttext eval --checkpoint "$W/$r/best" --device $DEV "${EVAL[@]}" --json > "$OUT/${r}_eval.json" 2>> "$LOG" &
 done
 wait
-tar -czf "$OUT/configs.tgz" "$W"/adamw/best/config.json "$W"/muon/best/config.json "$W"/*/args.json \
-    "$W"/adamw.log "$W"/muon.log 2>> "$LOG"
+tar -czf "$OUT/configs.tgz" "$W"/*/best/config.json "$W"/*/args.json "$W"/*.log 2>> "$LOG"
 say "done"

@@ -74,8 +74,10 @@ class Evaluation:
         res = {"checkpoint": str(model_dir), "corpus": str(self.corpus), "arch": config.arch,
                "params": model.num_params(), "bpp": bpp, "vocab_size": config.vocab_size,
                "seconds": {}}
-        tokens = torch.from_numpy(tk.encode_corpus(tok, self.test_lines[:self.test_images]))
-        self._timed(res, "test_nll", lambda: self._nll(res, model, tokens))
+        # the two scores read their own number of test lines, each from the first one
+        n = None if self.test_images is None else max(self.test_images, self.gen_class_images)
+        tokens = torch.from_numpy(tk.encode_corpus(tok, self.test_lines[:n]))
+        self._timed(res, "test_nll", lambda: self._nll(res, model, tokens[:self.test_images]))
         self._timed(res, "generative_classification", lambda: self._gen_class(res, model, tokens))
         self._timed(res, "references", self.references)
         sampler = prepare_for_sampling(model, self.dtype)

@@ -133,6 +133,15 @@ def test_eval_json_end_to_end(tiny_run, capsys):
     assert res["frechet_floor_train_vs_test"] >= 0 and "test_nll" in res["seconds"]
 
 
+def test_eval_scores_generative_classification_beyond_the_nll_lines(tiny_run, capsys):
+    d, corpus = tiny_run
+    rc = cli.main(["eval", "--checkpoint", str(d / "run" / "best"), "--corpus", str(corpus),
+                   "--test-images", "5", "--gen-class-images", "12", "--samples-per-class", "2",
+                   "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["test_nll_images"] == 5 and res["generative_accuracy_images"] == 12
+
+
 def test_eval_compare_takes_a_corpus_per_checkpoint(tiny_run, tmp_path, capsys):
     d, corpus = tiny_run
     other = tmp_path / "other"

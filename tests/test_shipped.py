@@ -33,7 +33,7 @@ def test_character_model_config_and_likelihood():
     assert tk.is_character_tokenizer(tok)
     lines = data.read_split(CORPUS, "test")[:50]
     nll = metrics.nll_per_image(model, torch.from_numpy(tk.encode_corpus(tok, lines)), dtype="fp32")
-    assert nll.mean() == pytest.approx(49.178, abs=0.01)      # nats per image, first 50 test lines
+    assert nll.mean() == pytest.approx(49.195, abs=0.01)      # nats per image, first 50 test lines
 
 
 def test_the_previous_flagship_still_loads_and_generates():
