@@ -105,9 +105,10 @@ class Job:
         self.bpp = bpp_of_length(self.cfg.block_size)
         self.clf, _ = load_classifier(a.classifier, self.dev)
         t0 = time.perf_counter()
+        self.plan_entry = {}
         if not a.keep_plan and not self.gpu:
             from mnisttext.packing import build_sampler
-            tuning.decode_plan(self.model, build_sampler, refresh=True)
+            self.plan_entry = tuning.decode_plan(self.model, build_sampler, refresh=True)
         self.sampler = prepare_for_sampling(self.model, a.dtype)
         self.plan_s = time.perf_counter() - t0
         self.settings = sample.SampleSettings(temperature=0.8, bpp=self.bpp)
@@ -168,6 +169,8 @@ def results(a, job, batched, single, old, no_cache) -> dict:
             "gpu": torch.cuda.get_device_name(job.dev) if job.gpu else None, "params": n,
             "candidates": a.candidates, "digits": 10, "native_attention": job.native,
             "native_build_s": job.native_s, "plan": plan, "plan_s": job.plan_s,
+            # the plan's timed decode steps (s per step by config and rows): why it chose as it did
+            "plan_step_s": job.plan_entry.get(plan["dtype"], {}).get("step_s"),
             "threads": plan.get("threads") or torch.get_num_threads(), "workers": plan.get("workers") or 1,
             "ten_digits_s": med, "ten_digits_runs_s": batched,
             "one_digit_median_s": statistics.median(dt for dt, _ in single.values()),
