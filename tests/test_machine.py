@@ -118,6 +118,29 @@ def test_small_batches_get_torch_threads_only_by_the_margin(monkeypatch):
     assert plan["fp32"]["small"] == [2, 1] and (plan["fp32"]["workers"], plan["fp32"]["threads"]) == (2, 1)
 
 
+def test_torch_threads_are_timed_again_before_they_are_chosen(monkeypatch):
+    """A best of two steps can go to torch's threads by one stalled workers step; the plan is
+    kept for good, so the several-core configs are timed again with more repeats first."""
+    model = tiny()
+    configs = [(1, 1), (1, 2), (2, 1)]
+    cands = {"fp32": build_sampler(model, "fp32")}
+    first = {(1, 1): (1.0, 2.0), (1, 2): (0.5, 0.8), (2, 1): (0.7, 1.1)}   # threads 27% faster
+    again = {(1, 1): (1.0, 2.0), (1, 2): (0.5, 1.2), (2, 1): (0.7, 1.0)}   # workers faster
+    reps_seen = []
+
+    def step(model, rows, pos=None, workers=1, reps=2, int8=False):
+        reps_seen.append(reps)
+        t64, t256 = (again if reps > 2 else first)[(workers, torch.get_num_threads())]
+        return t64 if rows == 64 else t256
+    monkeypatch.setattr(tuning, "time_decode_step", step)
+    monkeypatch.setattr(tuning, "DECODE_ROWS", (64, 256))
+    plan = tuning.measure_decode(model, cands, configs)["fp32"]
+    assert (plan["workers"], plan["threads"]) == (2, 1) and plan["step_s"]["1x2"]["256"] == 1.2
+    assert plan["small"] == [1, 2] and tuning.CONFIRM_REPS in reps_seen   # confirmed at 64 rows
+    again = first                                       # the second timing agrees: threads
+    assert (tuning.measure_decode(model, cands, configs)["fp32"]["threads"]) == 2
+
+
 def test_prepare_for_sampling_measures_once_and_attaches_the_plan(monkeypatch, machine_cache):
     model = tiny()
     calls = []
