@@ -139,8 +139,8 @@ def test_torch_threads_are_timed_again_before_they_are_chosen(monkeypatch):
     assert plan["small"] == [1, 2] and tuning.CONFIRM_REPS in reps_seen   # confirmed at 64 rows
     first = again = {(1, 1): (1.0, 2.0), (1, 2): (0.5, 0.7), (2, 1): (0.7, 1.1)}
     assert tuning.measure_decode(model, cands, configs)["fp32"]["threads"] == 2   # confirmed
-    # 20% faster steps are not enough for a batch of several digits (the workers also share
-    # the sampling work between steps), and are for one digit's
+    # 20% faster steps are not enough for a batch of several digits (tuning.LARGE_MARGIN), and
+    # are for one digit's
     first = again = {(1, 1): (1.0, 2.0), (1, 2): (0.5, 0.9), (2, 1): (0.6, 1.08)}
     plan = tuning.measure_decode(model, cands, configs)["fp32"]
     assert (plan["workers"], plan["threads"]) == (2, 1) and plan["small"] == [1, 2]
