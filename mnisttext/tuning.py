@@ -102,7 +102,8 @@ def rows_independent(model, rows: int = 256, pos: int = 8, int8: bool = False) -
 
 
 SAMPLER_DTYPES = ("fp32", "bf16", "int8")
-PLAN_VERSION = "|int8 640"   # plans measured before int8 sampling (and 640-row steps) are measured again
+# plans measured before int8 sampling, 640-row steps or the workers margins are measured again
+PLAN_VERSION = "|int8 640|margins"
 WORKERS_MARGIN = 1.10    # torch's own threads must beat workers by this factor to be chosen
 # ... and by this one for a batch of several digits: the plan is kept for good, and the whole
 # job with threads measured 19% slower at one time and 3-5% faster at another (docs/performance.md)
