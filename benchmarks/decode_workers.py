@@ -4,7 +4,7 @@ what the whole job takes with each.
     python benchmarks/decode_workers.py                     # 8 plan measurements, 4 A/B rounds
     python benchmarks/decode_workers.py --plans 0 --rounds 6 --checkpoint runs/x/best
 
-1. --plans times: the decode plan measured afresh (tuning.measure_decode, as at first use),
+1. --plans times: the decode plan measured afresh (tuning.decode_plan, as at first use),
    printing its choice for large batches and its single-step times at 640 rows per config;
 2. --rounds times, alternating: ten digits at 64 candidates each (sampling only, no rerank)
    with 2 workers x 1 thread, then with 1 worker x 2 threads, the rest of the plan unchanged.
@@ -25,10 +25,8 @@ CONFIGS = {"2 workers x 1 thread": (2, 1), "1 worker x 2 threads": (1, 2)}
 
 
 def plans(model, n: int) -> None:
-    cands = {d: build_sampler(model, d) for d in ("fp32", "bf16", "int8")
-             if d == "fp32" or tuning.bf16_capable("cpu")}
     for i in range(n):
-        p = tuning.measure_decode(model, cands)
+        p = tuning.decode_plan(model, build_sampler, refresh=True)   # also rewrites the cached plan
         e = p[p["choice"]]
         steps = {k: round(v["640"] * 1000, 1) for k, v in e["step_s"].items() if "640" in v}
         print(f"plan {i}: {p['choice']}, {e['workers']} worker(s) x {e['threads']} thread(s); "
